@@ -1,0 +1,172 @@
+"""Build the recipe's model as a real nn.Module, with its inputs, target and loss.
+
+`build_model(spec)` returns a ModelDef for any model kind: a built-in family, a user
+factory ("package.module:factory"), or a transformers config. Building on the meta
+device allocates no weight memory, which is how the profiler handles 1T models.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autopar.errors import InputError
+from autopar.spec.recipe import (
+    CNNSpec,
+    GPTSpec,
+    LlamaSpec,
+    MLPSpec,
+    ModelSpec,
+    ModuleSpec,
+    TransformersSpec,
+    WideLinearSpec,
+)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One per-sample tensor: shape without the batch dimension."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    high: int = 2  # integer tensors take values in [0, high)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.is_floating_point
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * (torch.finfo(self.dtype).bits if self.is_float else torch.iinfo(self.dtype).bits if self.dtype != torch.bool else 8) // 8
+
+
+LossFn = Callable[[Any, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    target: Optional[TensorSpec]
+    loss: LossFn
+    name: str
+    tp_plan: Optional[dict[str, str]] = None  # fnmatch pattern -> TPStyle value
+    feature_layer: Optional[str] = None  # Linear split by data_partition=features
+
+
+def build_model(spec: ModelSpec, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, seed: int = 0) -> ModelDef:
+    """Construct the model on `device` with floating parameters in `dtype`."""
+    if device != "meta" and str(device) != "meta":
+        torch.manual_seed(seed)
+    with torch.device(device):
+        mdef = _build(spec)
+    mdef.module.to(dtype=dtype)
+    return mdef
+
+
+def _build(spec: ModelSpec) -> ModelDef:
+    from autopar.models.attention import token_cross_entropy
+
+    if isinstance(spec, (GPTSpec, LlamaSpec)):
+        from autopar.models.gpt import GPT
+        from autopar.models.llama import Llama
+
+        module = GPT(spec) if isinstance(spec, GPTSpec) else Llama(spec)
+        tokens = TensorSpec((spec.seq_len,), torch.int64, high=spec.vocab)
+        return ModelDef(module, (tokens,), tokens, token_cross_entropy, spec.family, tp_plan=module.tp_plan())
+    if isinstance(spec, MLPSpec):
+        from autopar.models.mlp import MLP
+
+        module = MLP(spec)
+        x = TensorSpec((spec.input_dim,), torch.float32)
+        return ModelDef(module, (x,), _classes(spec.classes), F.cross_entropy, "mlp", tp_plan=module.tp_plan(), feature_layer="layers.0.fc")
+    if isinstance(spec, CNNSpec):
+        from autopar.models.cnn import CNN
+
+        x = TensorSpec((spec.channels, spec.image_size, spec.image_size), torch.float32)
+        return ModelDef(CNN(spec), (x,), _classes(spec.classes), F.cross_entropy, "cnn")
+    if isinstance(spec, WideLinearSpec):
+        from autopar.models.wide_linear import WideLinear
+
+        x = TensorSpec((spec.input_dim,), torch.float32)
+        return ModelDef(WideLinear(spec), (x,), _classes(spec.classes), F.cross_entropy, "wide_linear", feature_layer=WideLinear.feature_layer())
+    if isinstance(spec, ModuleSpec):
+        return _build_user(spec)
+    if isinstance(spec, TransformersSpec):
+        from autopar.models.hf import build_transformers
+
+        return build_transformers(spec)
+    raise TypeError(f"unknown model spec {type(spec).__name__}")
+
+
+def _classes(n: int) -> TensorSpec:
+    return TensorSpec((), torch.int64, high=n)
+
+
+def import_object(path: str, field: str) -> Any:
+    """Import "package.module:attr"; InputError on failure."""
+    mod_name, _, attr = path.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's input
+        raise InputError(field, path, f"cannot import module {mod_name!r} ({type(err).__name__}: {err}); check the path and PYTHONPATH") from None
+    if not hasattr(mod, attr):
+        raise InputError(field, path, f"module {mod_name!r} has no attribute {attr!r}")
+    return getattr(mod, attr)
+
+
+def _build_user(spec: ModuleSpec) -> ModelDef:
+    factory = import_object(spec.module, "model.module")
+    try:
+        module = factory(**spec.kwargs)
+    except Exception as err:  # noqa: BLE001 - the user's factory failed: report it in one line
+        raise InputError("model.kwargs", spec.kwargs, f"factory {spec.module} raised {type(err).__name__}: {err}") from None
+    if not isinstance(module, nn.Module):
+        raise InputError("model.module", spec.module, f"factory returned {type(module).__name__}, expected an nn.Module")
+    inputs = tuple(TensorSpec(tuple(i.shape), _DTYPES[i.dtype], i.high) for i in spec.inputs)
+    target = TensorSpec(tuple(spec.target.shape), _DTYPES[spec.target.dtype], spec.target.high) if spec.target else None
+    plan = module.tp_plan() if callable(getattr(module, "tp_plan", None)) else None
+    return ModelDef(module, inputs, target, user_loss, spec.module.rsplit(":", 1)[-1], tp_plan=plan)
+
+
+def user_loss(output: Any, target: Optional[torch.Tensor]) -> torch.Tensor:
+    """Loss of a user module: cross-entropy for integer targets, MSE for float targets,
+    the output itself if it is a scalar, else the mean square of the output."""
+    out = output[0] if isinstance(output, (tuple, list)) else output
+    if target is None:
+        return out if out.dim() == 0 else out.float().pow(2).mean()
+    if target.dtype.is_floating_point:
+        return F.mse_loss(out.float(), target.float())
+    return F.cross_entropy(out.flatten(0, -2).float(), target.flatten())
+
+
+def synthetic_batch(mdef: ModelDef, batch: int, seed: int, device: str | torch.device = "cpu", float_dtype: torch.dtype = torch.float32):
+    """A deterministic batch shaped by the model's specs: (inputs tuple, target or None)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(ts: TensorSpec) -> torch.Tensor:
+        shape = (batch, *ts.shape)
+        if ts.is_float:
+            return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=float_dtype)
+        return torch.randint(0, ts.high, shape, generator=gen, dtype=torch.int64).to(device=device, dtype=ts.dtype)
+
+    inputs = tuple(make(ts) for ts in mdef.inputs)
+    return inputs, (make(mdef.target) if mdef.target is not None else None)

@@ -1,0 +1,62 @@
+"""Pieces shared by the built-in transformer families.
+
+`CoreAttention` is its own submodule (as in Megatron-LM) so that selective
+recomputation can checkpoint exactly the attention core: QK^T, softmax,
+dropout and the product with V (Korthikanti et al. 2022, Sec. 5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CoreAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d) + causal mask) V for q, k, v of shape (B, nh, T, hd)."""
+
+    def __init__(self, seq_len: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        mask = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)  # True above the diagonal
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T = q.shape[-2]
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T, T)
+        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+        probs = self.dropout(F.softmax(scores, dim=-1))
+        return probs @ v  # (B, nh, T, hd)
+
+
+def dropout_or_identity(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(B, T, nh*hd) -> (B, nh, T, hd). nh is read from the tensor so tensor parallel
+    shards (which hold nh/tp heads) work unchanged."""
+    B, T, _ = x.shape
+    return x.view(B, T, -1, head_dim).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, nh, T, hd) -> (B, T, nh*hd)."""
+    B, nh, T, hd = x.shape
+    return x.transpose(1, 2).reshape(B, T, nh * hd)
+
+
+def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss; logits (B, T, V), target (B, T). Computed in fp32 as Megatron does."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(0, 1))
+
+
+def init_transformer_(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 initialisation: weights N(0, std), biases 0, norms 1 (a no-op on meta)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,203 @@
+"""The cluster: devices, their memory and speed, and the links between them.
+
+Internal units are SI: bytes, seconds, FLOP/s, bytes/s. The YAML form uses GB,
+GB/s, TFLOP/s and microseconds, as named in its keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError
+
+from autopar.errors import InputError, from_pydantic
+from autopar.spec.enums import Precision
+
+GB = 1e9
+TFLOPS = 1e12
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    memory_bytes: float
+    peak_flops: dict[str, float]  # precision name -> dense FLOP/s
+    memory_bandwidth_Bps: float
+    source: str = ""
+
+    def peak_flops_for(self, precision: Precision) -> float:
+        try:
+            return self.peak_flops[precision.value]
+        except KeyError:
+            have = ", ".join(sorted(self.peak_flops))
+            raise InputError(
+                "training.precision", precision.value, f"{self.name} has no {precision.value} peak (it has {have}); choose one of those"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Link:
+    """One level of the network, alpha-beta: time(n bytes) = latency_s + n / bandwidth_Bps."""
+
+    bandwidth_Bps: float
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Cluster:
+    device: Device
+    nodes: int
+    devices_per_node: int
+    intra_node: Link  # per device, one direction
+    inter_node: Link  # per node, all NICs together, one direction
+    host_memory_bytes: float
+    name: str = "custom"
+    source: str = ""
+
+    @property
+    def devices(self) -> int:
+        return self.nodes * self.devices_per_node
+
+    def with_devices(self, devices: int) -> "Cluster":
+        """The same hardware holding `devices` devices (whole nodes, or part of one)."""
+        if devices <= self.devices_per_node:
+            return replace(self, nodes=1, devices_per_node=devices)
+        return replace(self, nodes=-(-devices // self.devices_per_node))
+
+
+# ------------------------------------------------------------------ YAML form
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeakSpec(_Spec):
+    fp32: Optional[PositiveFloat] = None
+    bf16: Optional[PositiveFloat] = None
+    fp16: Optional[PositiveFloat] = None
+
+
+class DeviceSpec(_Spec):
+    name: str = "custom"
+    memory_GB: PositiveFloat
+    peak_tflops: PeakSpec
+    memory_bandwidth_GBps: PositiveFloat
+    source: str = "user"
+
+
+class LinkSpec(_Spec):
+    bandwidth_GBps: PositiveFloat
+    latency_us: float = 5.0
+
+
+class ClusterSpec(_Spec):
+    preset: Optional[str] = None
+    device: Optional[Union[str, DeviceSpec]] = None
+    nodes: PositiveInt = 1
+    devices_per_node: Optional[PositiveInt] = None
+    intra_node: Optional[LinkSpec] = None
+    inter_node: Optional[LinkSpec] = None
+    host_memory_GB: Optional[PositiveFloat] = None
+    source: str = ""
+
+
+@lru_cache(maxsize=1)
+def presets() -> dict[str, Any]:
+    text = resources.files("autopar.hardware").joinpath("presets.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def device_preset(name: str, field_path: str = "cluster.device") -> Device:
+    table = presets()["devices"]
+    if name not in table:
+        raise InputError(field_path, name, f"unknown device preset; expected one of {', '.join(table)} or a mapping")
+    d = table[name]
+    return Device(
+        name=name,
+        memory_bytes=d["memory_GB"] * GB,
+        peak_flops={k: v * TFLOPS for k, v in d["peak_tflops"].items()},
+        memory_bandwidth_Bps=d["memory_bandwidth_GBps"] * GB,
+        source=d["source"],
+    )
+
+
+def _device(spec: Union[str, DeviceSpec]) -> Device:
+    if isinstance(spec, str):
+        return device_preset(spec)
+    peaks = {k: v * TFLOPS for k, v in spec.peak_tflops.model_dump().items() if v is not None}
+    if not peaks:
+        raise InputError("cluster.device.peak_tflops", {}, "give at least one of fp32, bf16, fp16 in TFLOP/s")
+    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source)
+
+
+def _link(spec: LinkSpec) -> Link:
+    return Link(bandwidth_Bps=spec.bandwidth_GBps * GB, latency_s=spec.latency_us * 1e-6)
+
+
+def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
+    """Build a Cluster from its YAML form: a preset (with overrides) or explicit fields."""
+    if not isinstance(raw, dict):
+        raise InputError(field_path, raw, "expected a mapping, e.g. {preset: dgx-a100-80gb, nodes: 2}")
+    try:
+        spec = ClusterSpec.model_validate(raw)
+    except ValidationError as err:
+        raise from_pydantic(err, prefix=field_path) from None
+    base: dict[str, Any] = {}
+    if spec.preset is not None:
+        table = presets()["clusters"]
+        if spec.preset not in table:
+            raise InputError(f"{field_path}.preset", spec.preset, f"unknown cluster preset; expected one of {', '.join(table)}")
+        base = table[spec.preset]
+    device = spec.device if spec.device is not None else base.get("device")
+    missing = [
+        name
+        for name, value in (
+            ("device", device),
+            ("devices_per_node", spec.devices_per_node or base.get("devices_per_node")),
+            ("intra_node", spec.intra_node or base.get("intra_node")),
+        )
+        if value is None
+    ]
+    if missing:
+        raise InputError(f"{field_path}.{missing[0]}", None, "this field is required unless a preset gives it")
+    dpn = spec.devices_per_node or base["devices_per_node"]
+    intra = spec.intra_node or LinkSpec(**base["intra_node"])
+    # A single-node cluster never uses its inter-node link; default it to the intra-node one.
+    inter = spec.inter_node or (LinkSpec(**base["inter_node"]) if "inter_node" in base else intra)
+    dev = _device(device)
+    host_gb = spec.host_memory_GB or base.get("host_memory_GB") or dev.memory_bytes / GB * dpn * 2
+    return Cluster(
+        device=dev,
+        nodes=spec.nodes,
+        devices_per_node=dpn,
+        intra_node=_link(intra),
+        inter_node=_link(inter),
+        host_memory_bytes=host_gb * GB,
+        name=spec.preset or (dev.name if isinstance(device, str) else "custom"),
+        source=spec.source or base.get("source", ""),
+    )
+
+
+def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
+    """The explicit YAML form of a cluster (what `autopar calibrate` writes)."""
+    d = cluster.device
+    return {
+        "device": {
+            "name": d.name,
+            "memory_GB": round(d.memory_bytes / GB, 3),
+            "peak_tflops": {k: round(v / TFLOPS, 6) for k, v in d.peak_flops.items()},
+            "memory_bandwidth_GBps": round(d.memory_bandwidth_Bps / GB, 3),
+            "source": d.source,
+        },
+        "nodes": cluster.nodes,
+        "devices_per_node": cluster.devices_per_node,
+        "intra_node": {"bandwidth_GBps": round(cluster.intra_node.bandwidth_Bps / GB, 4), "latency_us": round(cluster.intra_node.latency_s * 1e6, 2)},
+        "inter_node": {"bandwidth_GBps": round(cluster.inter_node.bandwidth_Bps / GB, 4), "latency_us": round(cluster.inter_node.latency_s * 1e6, 2)},
+        "host_memory_GB": round(cluster.host_memory_bytes / GB, 3),
+        "source": cluster.source,
+    }

@@ -1,0 +1,170 @@
+"""A parallelization strategy: the knobs of every technique, in one frozen record.
+
+Text form (command line): "dp=16,tp=8,pp=8,microbatch=1,schedule=interleaved,
+virtual_stages=2,recompute=full,zero=1". A key left out takes its neutral value:
+degree 1, zero 0, no recompute, one micro-batch per replica, synchronous updates.
+
+Degrees multiply: devices used = dp * tp * pp * threads. `threads` counts
+shared-memory workers inside one process (intra-op threads, or Hogwild workers
+when sync=async); each occupies one device (a core) of a node whose devices
+share memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Optional
+
+from autopar.errors import InputError
+from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
+
+
+@dataclass(frozen=True)
+class Strategy:
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    zero: int = 0  # ZeRO stage over the dp group: 1 optimizer states, 2 + gradients, 3 + parameters (FSDP)
+    microbatch: Optional[int] = None  # samples per micro-batch; None: the whole per-replica batch
+    schedule: Schedule = Schedule.ONE_F_ONE_B
+    virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
+    recompute: Recompute = Recompute.NONE
+    sequence_parallel: bool = False
+    stages: Optional[tuple[int, ...]] = None  # layers per pipeline stage; None: balanced by the planner
+    data_partition: DataPartition = DataPartition.SAMPLES
+    sync: Sync = Sync.SYNC
+    sync_every: int = 1  # local SGD / subnet period H (steps between parameter averaging)
+    subnet: bool = False  # independent subnetwork training over the dp workers
+    threads: int = 1
+
+    # ------------------------------------------------------------ derived
+
+    @property
+    def devices(self) -> int:
+        return self.dp * self.tp * self.pp * self.threads
+
+    def local_batch(self, global_batch: int) -> int:
+        """Samples per data-parallel replica per step."""
+        return global_batch // self.dp
+
+    def microbatch_size(self, global_batch: int) -> int:
+        return self.microbatch or self.local_batch(global_batch)
+
+    def num_microbatches(self, global_batch: int) -> int:
+        return self.local_batch(global_batch) // self.microbatch_size(global_batch)
+
+    @property
+    def is_async(self) -> bool:
+        return self.sync is Sync.ASYNC
+
+    # ------------------------------------------------------------ text form
+
+    def to_text(self) -> str:
+        """Only the knobs that differ from neutral, in a fixed order."""
+        neutral = Strategy()
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == getattr(neutral, f.name):
+                continue
+            parts.append(f"{f.name}={_format_value(value)}")
+        return ",".join(parts) or "single"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if hasattr(value, "value"):
+                out[key] = value.value
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], field_path: str = "strategy") -> "Strategy":
+        return cls(**{k: _parse_value(k, v, field_path) for k, v in raw.items() if _known(k, field_path)})
+
+    @classmethod
+    def parse(cls, text: str, field_path: str = "--strategy") -> "Strategy":
+        text = text.strip()
+        if text in ("", "single"):
+            return cls()
+        raw: dict[str, str] = {}
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or not value.strip():
+                raise InputError(field_path, item, "each item must be key=value, e.g. dp=4,tp=2")
+            if key in raw:
+                raise InputError(f"{field_path}.{key}", value, "given twice; give each key once")
+            raw[key] = value.strip()
+        return cls.from_dict(raw, field_path)
+
+    def with_(self, **changes: Any) -> "Strategy":
+        return replace(self, **changes)
+
+
+_ENUMS = {
+    "schedule": Schedule,
+    "recompute": Recompute,
+    "data_partition": DataPartition,
+    "sync": Sync,
+}
+_BOOLS = ("sequence_parallel", "subnet")
+_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
+_NAMES = [f.name for f in fields(Strategy)]
+
+
+def _known(key: str, field_path: str) -> bool:
+    if key not in _NAMES:
+        raise InputError(f"{field_path}.{key}", key, f"unknown strategy key; expected one of {', '.join(_NAMES)}")
+    return True
+
+
+def _format_value(value: Any) -> str:
+    if hasattr(value, "value"):
+        return value.value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "/".join(str(v) for v in value)
+    return str(value)
+
+
+def _parse_value(key: str, value: Any, field_path: str) -> Any:
+    where = f"{field_path}.{key}"
+    if key in _ENUMS:
+        enum = _ENUMS[key]
+        try:
+            return enum(value.value if hasattr(value, "value") else str(value).lower())
+        except ValueError:
+            raise InputError(where, value, f"expected one of {', '.join(e.value for e in enum)}") from None
+    if key in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise InputError(where, value, "expected true or false")
+    if key == "stages":
+        if value is None:
+            return None
+        items = value if isinstance(value, (list, tuple)) else str(value).split("/")
+        try:
+            stages = tuple(int(v) for v in items)
+        except (TypeError, ValueError):
+            raise InputError(where, value, "expected layers per stage, e.g. stages=13/12/12/11") from None
+        if any(s <= 0 for s in stages):
+            raise InputError(where, value, "every stage needs at least one layer")
+        return stages
+    if value is None and key == "microbatch":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InputError(where, value, "expected an integer") from None
+    if number < _INTS[key] or (key == "zero" and number > 3):
+        bound = "0, 1, 2 or 3" if key == "zero" else f"an integer >= {_INTS[key]}"
+        raise InputError(where, value, f"expected {bound}")
+    return number
