@@ -70,6 +70,7 @@ class ModelDef:
     name: str
     tp_plan: Optional[dict[str, str]] = None  # fnmatch pattern -> TPStyle value
     feature_layer: Optional[str] = None  # Linear split by data_partition=features
+    tp_units: tuple[int, ...] = ()  # the tensor-parallel degree must divide each (heads, kv heads, widths)
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, seed: int = 0) -> ModelDef:
@@ -91,13 +92,16 @@ def _build(spec: ModelSpec) -> ModelDef:
 
         module = GPT(spec) if isinstance(spec, GPTSpec) else Llama(spec)
         tokens = TensorSpec((spec.seq_len,), torch.int64, high=spec.vocab)
-        return ModelDef(module, (tokens,), tokens, token_cross_entropy, spec.family, tp_plan=module.tp_plan())
+        units = (spec.heads, spec.ffn) if isinstance(spec, GPTSpec) else (spec.heads, spec.n_kv_heads, spec.ffn)
+        return ModelDef(module, (tokens,), tokens, token_cross_entropy, spec.family, tp_plan=module.tp_plan(), tp_units=units)
     if isinstance(spec, MLPSpec):
         from autopar.models.mlp import MLP
 
         module = MLP(spec)
         x = TensorSpec((spec.input_dim,), torch.float32)
-        return ModelDef(module, (x,), _classes(spec.classes), F.cross_entropy, "mlp", tp_plan=module.tp_plan(), feature_layer="layers.0.fc")
+        n_pairs = (len(spec.widths) + 1) // 2
+        units = tuple(spec.widths[2 * i] for i in range(n_pairs))  # widths of the column-split Linears
+        return ModelDef(module, (x,), _classes(spec.classes), F.cross_entropy, "mlp", tp_plan=module.tp_plan(), feature_layer="layers.0.fc", tp_units=units)
     if isinstance(spec, CNNSpec):
         from autopar.models.cnn import CNN
 
@@ -164,6 +168,8 @@ def synthetic_batch(mdef: ModelDef, batch: int, seed: int, device: str | torch.d
 
     def make(ts: TensorSpec) -> torch.Tensor:
         shape = (batch, *ts.shape)
+        if str(device) == "meta":  # shapes only: never materialise (a 1e9-feature sample is 4 GB)
+            return torch.empty(shape, device="meta", dtype=float_dtype if ts.is_float else ts.dtype)
         if ts.is_float:
             return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=float_dtype)
         return torch.randint(0, ts.high, shape, generator=gen, dtype=torch.int64).to(device=device, dtype=ts.dtype)

@@ -54,7 +54,9 @@ def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 
 def init_transformer_(module: nn.Module, std: float = 0.02) -> None:
-    """GPT-2 initialisation: weights N(0, std), biases 0, norms 1 (a no-op on meta)."""
+    """GPT-2 initialisation: weights N(0, std), biases 0 (skipped on meta: nothing to fill)."""
+    if any(p.is_meta for p in module.parameters()):
+        return
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=std)

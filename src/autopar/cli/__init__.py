@@ -1,0 +1,1 @@
+"""The `autopar` command line: one module per subcommand, each with `register(subparsers)`."""

@@ -1,0 +1,47 @@
+"""Helpers shared by the subcommands: loading the recipe and cluster, writing JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional
+
+from autopar.errors import InputError
+from autopar.spec.cluster import Cluster, parse_cluster
+from autopar.spec.recipe import Recipe, load_recipe, load_yaml
+
+
+def add_recipe_args(parser, cluster: bool = True) -> None:
+    parser.add_argument("recipe", help="recipe YAML file")
+    if cluster:
+        parser.add_argument("--cluster", metavar="FILE", help="cluster YAML file (overrides the recipe's cluster)")
+
+
+def load_inputs(args) -> tuple[Recipe, Optional[Cluster]]:
+    recipe = load_recipe(args.recipe)
+    cluster = None
+    path = getattr(args, "cluster", None)
+    if path:
+        cluster = parse_cluster(load_yaml(path, "--cluster"), field_path="cluster")
+    elif recipe.cluster is not None:
+        cluster = parse_cluster(recipe.cluster)
+    return recipe, cluster
+
+
+def require_cluster(cluster: Optional[Cluster]) -> Cluster:
+    if cluster is None:
+        raise InputError("cluster", None, "missing; add `cluster: {preset: dgx-a100-80gb, nodes: 1}` to the recipe or pass --cluster FILE")
+    return cluster
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=_default)
+    sys.stdout.write("\n")
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "value"):
+        return value.value
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

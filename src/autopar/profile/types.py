@@ -1,0 +1,131 @@
+"""The profile of a model: ordered placeable layers with their per-sample costs.
+
+All byte and FLOP figures are per input sample, measured in the profiling dtype
+(the recipe's compute precision). Identical layers share one `LayerStats`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One forward matrix product, (m x k) @ (k x n), repeated `count` times.
+
+    If `rows_scale_with_batch`, m is rows per sample (m * b at micro-batch b) and
+    count is fixed; otherwise (batched products, e.g. attention heads) count is per
+    sample. `tp_split` names what tensor parallelism divides: "n" (column-parallel),
+    "k" (row-parallel), "count" (heads) or "" (replicated).
+    """
+
+    m: float
+    n: int
+    k: int
+    count: float
+    rows_scale_with_batch: bool
+    tp_split: str
+
+    def flops_per_sample(self) -> float:
+        return 2.0 * self.m * self.n * self.k * self.count
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    kind: str  # class name of the layer module
+    # compute, per sample
+    forward_flops: float
+    backward_flops: float
+    forward_tp_flops: float  # part of forward_flops that tensor parallelism divides
+    core_flops: float  # forward FLOPs of the attention core (redone by selective recompute)
+    gemms: tuple[Gemm, ...]
+    memory_bound_bytes: float  # bytes read + written by non-matmul ops, forward
+    memory_bound_tp_bytes: float  # part of the above inside tensor-parallel regions
+    # parameters
+    params: int
+    tp_params: int  # parameters tensor parallelism shards
+    # activations, per sample
+    saved_bytes: float  # saved for backward (deduplicated by storage)
+    saved_tp_bytes: float  # part inside tensor-parallel regions (divided by tp)
+    saved_core_bytes: float  # part that selective recompute frees (attention core internals)
+    input_bytes: float  # the layer's floating inputs (kept under full recompute)
+    output_bytes: float  # what crosses a pipeline cut after this layer
+    output_tp_sharded: bool  # output leaves the layer split across tensor-parallel ranks
+    # tensor-parallel collectives per sample (Megatron: 2 all-reduces forward, 2 backward per block)
+    tp_fwd_allreduce_bytes: float
+    tp_fwd_allreduces: int
+    tp_bwd_allreduce_bytes: float
+    tp_bwd_allreduces: int
+    tp_styles: tuple[tuple[str, str], ...]  # (submodule, TPStyle value) applied in this layer
+    tp_candidates: tuple[tuple[str, str], ...]  # (submodule, kind): linear, conv, embedding, attention
+    has_core: bool  # a parameter-free attention core submodule exists (selective recompute applies)
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str  # module path, e.g. "layers.3"
+    group: int  # identical layers share a group and their stats
+    stats: LayerStats
+    shared_params: int = 0  # parameters also held by another layer (tied weights)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    model: str
+    layers: tuple[LayerProfile, ...]
+    dtype_bytes: int  # bytes per activation element in the profiled precision
+    params: int  # distinct parameters (tied weights once)
+    sample_bytes: float  # one input sample as stored (inputs + target)
+    tp_units: tuple[int, ...] = ()  # tensor-parallel degree must divide each of these
+    feature_dim: int | None = None  # input features of the feature-partitioned Linear
+    profiled_batch: int = 1
+    notes: tuple[str, ...] = ()
+
+    @property
+    def forward_flops(self) -> float:
+        return sum(layer.stats.forward_flops for layer in self.layers)
+
+    @property
+    def backward_flops(self) -> float:
+        return sum(layer.stats.backward_flops for layer in self.layers)
+
+    def groups(self) -> dict[int, tuple[LayerStats, int]]:
+        """group -> (stats, number of layers in the group)."""
+        out: dict[int, tuple[LayerStats, int]] = {}
+        for layer in self.layers:
+            stats, n = out.get(layer.group, (layer.stats, 0))
+            out[layer.group] = (stats, n + 1)
+        return out
+
+    def totals(self) -> dict[str, float]:
+        s = [layer.stats for layer in self.layers]
+        return {
+            "params": self.params,
+            "forward_flops": sum(x.forward_flops for x in s),
+            "backward_flops": sum(x.backward_flops for x in s),
+            "saved_activation_bytes": sum(x.saved_bytes for x in s),
+            "memory_bound_bytes": sum(x.memory_bound_bytes for x in s),
+            "sample_bytes": self.sample_bytes,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "per": "sample",
+            "dtype_bytes": self.dtype_bytes,
+            "layers": [
+                {"name": l.name, "group": l.group, "shared_params": l.shared_params, **_stats_dict(l.stats)}
+                for l in self.layers
+            ],
+            "totals": self.totals(),
+            "tp_units": list(self.tp_units),
+        }
+
+
+def _stats_dict(stats: LayerStats) -> dict[str, Any]:
+    d = asdict(stats)
+    d["gemms"] = [asdict(g) for g in stats.gemms]
+    d["tp_styles"] = [list(x) for x in stats.tp_styles]
+    d["tp_candidates"] = [list(x) for x in stats.tp_candidates]
+    return d
