@@ -218,6 +218,10 @@ def _stats(layer, tracer: LayerTracer, styles, args, kwargs, out_bytes, out_mark
         gemms=tuple(r.gemms),
         memory_bound_bytes=r.memory_bound_bytes / B,
         memory_bound_tp_bytes=r.memory_bound_tp_bytes / B,
+        backward_memory_bound_bytes=r.backward_memory_bound_bytes / B,
+        core_memory_bound_bytes=tracer.core_memory_bound_bytes() / B,
+        forward_ops=r.forward_ops,
+        backward_ops=r.backward_ops,
         params=sum(p.numel() for p in layer.parameters()),
         tp_params=tp_params,
         saved_bytes=saved_total / B,
@@ -311,7 +315,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
 
 def _idle_stats(layer: nn.Module) -> LayerStats:
     return LayerStats(
-        type(layer).__name__, 0.0, 0.0, 0.0, 0.0, (), 0.0, 0.0, sum(p.numel() for p in layer.parameters()), 0,
+        type(layer).__name__, 0.0, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0.0, 0.0, 0, 0, sum(p.numel() for p in layer.parameters()), 0,
         0.0, 0.0, 0.0, 0.0, 0.0, False, 0.0, 0, 0.0, 0, (), (), False,
     )
 

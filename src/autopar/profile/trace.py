@@ -61,6 +61,9 @@ class TraceResult:
     core_flops: float = 0.0
     memory_bound_bytes: float = 0.0
     memory_bound_tp_bytes: float = 0.0
+    backward_memory_bound_bytes: float = 0.0
+    forward_ops: int = 0
+    backward_ops: int = 0
     gemms: list[Gemm] = field(default_factory=list)
     saved: dict[int, tuple[int, bool, tuple[int, ...]]] = field(default_factory=dict)  # storage -> (bytes, tp, module stack)
     core_modules: set[int] = field(default_factory=set)
@@ -93,6 +96,7 @@ class LayerTracer(TorchDispatchMode):
         self.backward = False
         self.result = TraceResult()
         self.flops_by_stack: list[tuple[float, tuple[int, ...]]] = []  # forward ops inside submodules
+        self.bytes_by_stack: list[tuple[float, tuple[int, ...]]] = []
         self.inputs_of: dict[int, dict[int, int]] = {}  # parameter-free module -> its input storages
         self.keepalive: list[torch.Tensor] = []
 
@@ -146,6 +150,10 @@ class LayerTracer(TorchDispatchMode):
         flops = float(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0.0
         if self.backward:
             self.result.backward_flops += flops
+            if not func.is_view:
+                self.result.backward_ops += 1
+                if not flops:
+                    self.result.backward_memory_bound_bytes += _moved_bytes(packet, tensors_in((args, kwargs)), out)
             return out
         inputs = tensors_in((args, kwargs))
         sharded = any(is_marked(t) for t in inputs) or self._in_style()
@@ -156,6 +164,7 @@ class LayerTracer(TorchDispatchMode):
         elif packet in _BERNOULLI:  # eager dropout outside CUDA: mask = bernoulli noise in the input dtype
             setattr(out, _MASK_MARK, True)
         r = self.result
+        r.forward_ops += 0 if func.is_view else 1
         r.forward_flops += flops
         if sharded:
             r.forward_tp_flops += flops
@@ -172,6 +181,8 @@ class LayerTracer(TorchDispatchMode):
         elif not func.is_view:
             moved = _moved_bytes(packet, inputs, out)
             r.memory_bound_bytes += moved
+            if self.stack:
+                self.bytes_by_stack.append((moved, tuple(self.stack)))
             if sharded:
                 r.memory_bound_tp_bytes += moved
         return out
@@ -179,6 +190,10 @@ class LayerTracer(TorchDispatchMode):
     def core_flops(self) -> float:
         cores = self.result.core_modules
         return sum(f for f, stack in self.flops_by_stack if any(m in cores for m in stack))
+
+    def core_memory_bound_bytes(self) -> float:
+        cores = self.result.core_modules
+        return sum(b for b, stack in self.bytes_by_stack if any(m in cores for m in stack))
 
     def core_input_storages(self) -> dict[int, int]:
         """storage -> bytes of the tensors passed into attention cores."""

@@ -42,6 +42,10 @@ class LayerStats:
     gemms: tuple[Gemm, ...]
     memory_bound_bytes: float  # bytes read + written by non-matmul ops, forward
     memory_bound_tp_bytes: float  # part of the above inside tensor-parallel regions
+    backward_memory_bound_bytes: float  # bytes moved by non-matmul ops in backward
+    core_memory_bound_bytes: float  # forward non-matmul bytes inside the attention core
+    forward_ops: int  # operators launched (for per-launch overhead), whole profiled batch
+    backward_ops: int
     # parameters
     params: int
     tp_params: int  # parameters tensor parallelism shards

@@ -26,8 +26,10 @@ class Device:
     name: str
     memory_bytes: float
     peak_flops: dict[str, float]  # precision name -> dense FLOP/s
-    memory_bandwidth_Bps: float
+    memory_bandwidth_Bps: float  # one device's own bandwidth (one core's reach on a CPU)
     source: str = ""
+    shared_memory: bool = False  # the devices of a node share one memory (CPU cores)
+    op_overhead_s: float = 5e-6  # fixed cost per operator launch (eager dispatch)
 
     def peak_flops_for(self, precision: Precision) -> float:
         try:
@@ -57,6 +59,12 @@ class Cluster:
     host_memory_bytes: float
     name: str = "custom"
     source: str = ""
+    node_memory_bandwidth_Bps: float = 0.0  # shared-memory nodes: bandwidth all devices of a node share
+
+    @property
+    def node_bandwidth_Bps(self) -> float:
+        """Memory bandwidth one node's devices share (sum of devices when memories are separate)."""
+        return self.node_memory_bandwidth_Bps or self.device.memory_bandwidth_Bps * self.devices_per_node
 
     @property
     def devices(self) -> int:
@@ -88,6 +96,8 @@ class DeviceSpec(_Spec):
     peak_tflops: PeakSpec
     memory_bandwidth_GBps: PositiveFloat
     source: str = "user"
+    shared_memory: bool = False
+    op_overhead_us: Optional[PositiveFloat] = None
 
 
 class LinkSpec(_Spec):
@@ -103,6 +113,7 @@ class ClusterSpec(_Spec):
     intra_node: Optional[LinkSpec] = None
     inter_node: Optional[LinkSpec] = None
     host_memory_GB: Optional[PositiveFloat] = None
+    node_memory_bandwidth_GBps: Optional[PositiveFloat] = None
     source: str = ""
 
 
@@ -123,6 +134,8 @@ def device_preset(name: str, field_path: str = "cluster.device") -> Device:
         peak_flops={k: v * TFLOPS for k, v in d["peak_tflops"].items()},
         memory_bandwidth_Bps=d["memory_bandwidth_GBps"] * GB,
         source=d["source"],
+        shared_memory=bool(d.get("shared_memory", False)),
+        op_overhead_s=d.get("op_overhead_us", 5.0) * 1e-6,
     )
 
 
@@ -132,7 +145,8 @@ def _device(spec: Union[str, DeviceSpec]) -> Device:
     peaks = {k: v * TFLOPS for k, v in spec.peak_tflops.model_dump().items() if v is not None}
     if not peaks:
         raise InputError("cluster.device.peak_tflops", {}, "give at least one of fp32, bf16, fp16 in TFLOP/s")
-    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source)
+    overhead = (spec.op_overhead_us if spec.op_overhead_us is not None else (20.0 if spec.shared_memory else 5.0)) * 1e-6
+    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source, spec.shared_memory, overhead)
 
 
 def _link(spec: LinkSpec) -> Link:
@@ -171,6 +185,7 @@ def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
     inter = spec.inter_node or (LinkSpec(**base["inter_node"]) if "inter_node" in base else intra)
     dev = _device(device)
     host_gb = spec.host_memory_GB or base.get("host_memory_GB") or dev.memory_bytes / GB * dpn * 2
+    node_bw = spec.node_memory_bandwidth_GBps or base.get("node_memory_bandwidth_GBps") or 0.0
     return Cluster(
         device=dev,
         nodes=spec.nodes,
@@ -180,6 +195,7 @@ def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
         host_memory_bytes=host_gb * GB,
         name=spec.preset or (dev.name if isinstance(device, str) else "custom"),
         source=spec.source or base.get("source", ""),
+        node_memory_bandwidth_Bps=node_bw * GB,
     )
 
 
@@ -192,6 +208,8 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
             "memory_GB": round(d.memory_bytes / GB, 3),
             "peak_tflops": {k: round(v / TFLOPS, 6) for k, v in d.peak_flops.items()},
             "memory_bandwidth_GBps": round(d.memory_bandwidth_Bps / GB, 3),
+            "shared_memory": d.shared_memory,
+            "op_overhead_us": round(d.op_overhead_s * 1e6, 3),
             "source": d.source,
         },
         "nodes": cluster.nodes,
@@ -199,5 +217,6 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
         "intra_node": {"bandwidth_GBps": round(cluster.intra_node.bandwidth_Bps / GB, 4), "latency_us": round(cluster.intra_node.latency_s * 1e6, 2)},
         "inter_node": {"bandwidth_GBps": round(cluster.inter_node.bandwidth_Bps / GB, 4), "latency_us": round(cluster.inter_node.latency_s * 1e6, 2)},
         "host_memory_GB": round(cluster.host_memory_bytes / GB, 3),
+        **({"node_memory_bandwidth_GBps": round(cluster.node_memory_bandwidth_Bps / GB, 3)} if cluster.node_memory_bandwidth_Bps else {}),
         "source": cluster.source,
     }

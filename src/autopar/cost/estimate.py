@@ -1,0 +1,369 @@
+"""The step: time and memory of one training step of a strategy, with breakdowns.
+
+    step = pipeline (m micro-batches through the slowest rank, plus the bubble)
+         + exposed data-parallel synchronisation + optimizer step + exposed data loading
+
+Ranks are numbered threads, then tp, then dp, then pp (innermost first, as in
+Megatron-LM), which decides which groups stay inside a node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Optional
+
+from autopar.cost import collectives as coll
+from autopar.cost.compute import DeviceRate
+from autopar.cost.convergence import steps_factor
+from autopar.cost.data_parallel import ddp_sync, local_sgd_sync, zero3_traffic_s, zero12_sync
+from autopar.cost.efficiency import DEFAULT, Efficiency
+from autopar.cost.layers import LayerTable, layer_costs
+from autopar.cost.memory import bytes_per_param, microbatches_in_flight, model_state_bytes
+from autopar.cost.pipeline import layout_fast, schedule_time_s
+from autopar.cost.validity import check_strategy
+from autopar.profile.types import ModelProfile
+from autopar.spec.cluster import Cluster
+from autopar.spec.enums import DataPartition, Optimizer, Precision, Recompute, Schedule, Sync
+from autopar.spec.recipe import Recipe
+from autopar.spec.strategy import Strategy
+
+GB = 1e9
+FRAMEWORK_RESERVE_BYTES = {True: 0.35 * GB, False: 1.5 * GB}  # CPU process (torch + Python); CUDA context + allocator slack
+DEFAULT_STORAGE_BPS = 2 * GB  # per node, when the recipe gives no storage_GBps
+HOST_TO_DEVICE_BPS = 20 * GB  # PCIe 4.0 x16 in practice, for input batches
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the recipe asks, reduced to numbers the cost model uses."""
+
+    global_batch: int
+    optimizer: Optimizer
+    precision: Precision
+    steps: int
+    samples: int
+    sample_bytes: float
+    storage_Bps: float
+    tokens_per_sample: Optional[int]
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, profile: ModelProfile) -> "Workload":
+        seq = getattr(recipe.model, "seq_len", None)
+        d = recipe.data
+        return cls(
+            global_batch=recipe.training.global_batch,
+            optimizer=recipe.training.optimizer,
+            precision=recipe.training.precision,
+            steps=recipe.steps_to_train(),
+            samples=d.samples,
+            sample_bytes=float(d.sample_bytes or profile.sample_bytes),
+            storage_Bps=(d.storage_GBps * GB) if d.storage_GBps else DEFAULT_STORAGE_BPS,
+            tokens_per_sample=seq,
+        )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    strategy: Strategy
+    devices_used: int
+    fits: bool
+    reason: Optional[str]
+    step_time_s: float
+    time_breakdown_s: dict[str, float]
+    memory_per_device_bytes: float
+    memory_breakdown_bytes: dict[str, float]
+    throughput_samples_s: float
+    tokens_per_s: Optional[float]
+    tflops_per_device: float
+    mfu: float
+    steps_factor: float
+    time_to_train_s: float
+    stages: Optional[tuple[int, ...]]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.to_dict(),
+            "devices_used": self.devices_used,
+            "fits": self.fits,
+            "reason": self.reason,
+            "predicted": {
+                "step_time_s": self.step_time_s,
+                "memory_per_device_bytes": self.memory_per_device_bytes,
+                "throughput_samples_s": self.throughput_samples_s,
+                "tokens_per_s": self.tokens_per_s,
+                "tflops_per_device": self.tflops_per_device,
+                "mfu": self.mfu,
+                "steps_factor": self.steps_factor,
+                "time_to_train_s": self.time_to_train_s,
+                "stages": list(self.stages) if self.stages else None,
+                "breakdown": {"time_s": self.time_breakdown_s, "memory_bytes": self.memory_breakdown_bytes},
+            },
+        }
+
+
+@dataclass(frozen=True)
+class _Topology:
+    tp: coll.Placement
+    dp: coll.Placement
+    pp_crosses_nodes: bool
+    used_per_node: int
+
+
+class CostModel:
+    """Estimates strategies for one (profile, workload, cluster); caches per-layer tables."""
+
+    def __init__(self, profile: ModelProfile, work: Workload, cluster: Cluster, eff: Efficiency = DEFAULT):
+        self.profile, self.work, self.cluster, self.eff = profile, work, cluster, eff
+        self.stats = [l.stats for l in profile.layers]
+        self.n_layers = len(self.stats)
+        self.peak = cluster.device.peak_flops_for(work.precision)
+        self.model_flops_per_sample = profile.forward_flops + profile.backward_flops
+        self.param_bytes, self.grad_bytes, self.state_bytes = bytes_per_param(work.optimizer, work.precision)
+        self._tables: dict[tuple, LayerTable] = {}
+        self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
+        from autopar.profile.profiler import profile_recipe
+
+        profile = profile or profile_recipe(recipe)
+        return cls(profile, Workload.from_recipe(recipe, profile), cluster, eff)
+
+    # ----------------------------------------------------------- pieces
+
+    def topology(self, s: Strategy) -> _Topology:
+        dpn = self.cluster.devices_per_node
+        used_per_node = min(dpn, s.devices)
+        tp = coll.place(s.tp, s.threads, dpn, used_per_node)
+        dp = coll.place(s.dp, s.threads * s.tp, dpn, used_per_node)
+        return _Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node)
+
+    def rate(self, s: Strategy, used_per_node: int) -> DeviceRate:
+        dev = self.cluster.device
+        flops = self.peak * s.threads
+        bw = dev.memory_bandwidth_Bps * s.threads
+        if dev.shared_memory:  # the node's processes share one memory bus
+            processes = max(1, used_per_node // s.threads)
+            bw = min(bw, self.cluster.node_bandwidth_Bps / processes)
+        fusion = 1.0 if dev.shared_memory else self.eff.accelerator_fusion
+        return DeviceRate(flops, bw, dev.op_overhead_s, fusion, self.profile.dtype_bytes)
+
+    def table(self, s: Strategy, b: int, topo: _Topology, rate: DeviceRate) -> LayerTable:
+        subnet_split = s.dp if s.subnet else 1
+        key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, s.data_partition, s.dp)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._build_table(s, b, topo, rate, subnet_split)
+            self._tables[key] = table
+        return table
+
+    def _build_table(self, s: Strategy, b: int, topo: _Topology, rate: DeviceRate, subnet_split: int) -> LayerTable:
+        cluster, eff = self.cluster, self.eff
+        by_stats: dict[int, Any] = {}
+        costs = []
+        for i, stats in enumerate(self.stats):
+            feature_layer = s.data_partition is DataPartition.FEATURES and i == 0
+            key = (id(stats), feature_layer)
+            if key not in by_stats:
+                if subnet_split > 1 and stats.tp_styles:  # each worker trains 1/n of the hidden units, no comm
+                    c = layer_costs(stats, b, subnet_split, False, s.recompute, rate, eff, lambda n: 0.0)
+                elif feature_layer:  # each rank multiplies its slice of the features; partial sums all-reduced
+                    c = _feature_layer_costs(stats, b, s, rate, eff, lambda n: coll.all_reduce_s(n, topo.dp, cluster, eff))
+                else:
+                    c = layer_costs(stats, b, s.tp, s.sequence_parallel, s.recompute, rate, eff,
+                                    lambda n: coll.all_reduce_s(n, topo.tp, cluster, eff))
+                by_stats[key] = c
+            costs.append(by_stats[key])
+        return LayerTable(costs)
+
+    def layout(self, s: Strategy, table: LayerTable) -> tuple[int, ...]:
+        chunks = s.pp * s.virtual_stages
+        if s.stages is not None:
+            return s.stages
+        if chunks == 1:
+            return (self.n_layers,)
+        key = (chunks, id(table))
+        if key not in self._layouts:
+            self._layouts[key] = layout_fast(table.times, chunks)
+        return self._layouts[key]
+
+    # ---------------------------------------------------------- estimate
+
+    def estimate(self, s: Strategy, check: bool = True) -> Estimate:
+        if check:
+            check_strategy(s, self.profile, self.work.global_batch, self.cluster)
+        w = self.work
+        features = s.data_partition is DataPartition.FEATURES
+        local = w.global_batch if features else s.local_batch(w.global_batch)
+        b = s.microbatch or local
+        m = local // b
+        topo = self.topology(s)
+        rate = self.rate(s, topo.used_per_node)
+        table = self.table(s, b, topo, rate)
+        counts = self.layout(s, table)
+        ranks = _rank_ranges(counts, s.pp, s.virtual_stages)
+        per_rank = [self._rank(s, table, chunks, r, m, topo) for r, chunks in enumerate(ranks)]
+        pipe_s, bubble_s = schedule_time_s([r.time_s for r in per_rank], m, s.virtual_stages)
+        slow = max(per_rank, key=lambda r: r.time_s)
+        sync = self._sync(s, slow, m, topo, rate)
+        optimizer_s = self._optimizer_s(s, max(r.params for r in per_rank), rate)
+        data_s = self._data_s(s, pipe_s)
+        breakdown = {
+            "compute": m * slow.compute_s,
+            "recompute": m * slow.recompute_s,
+            "tp_comm": m * slow.tp_s,
+            "pp_comm": m * slow.p2p_s,
+            "bubble": bubble_s,
+            "dp_comm": sync,
+            "optimizer": optimizer_s,
+            "data": data_s,
+        }
+        step = sum(breakdown.values())
+        mem = max((self._memory(s, table, chunks, r, m, b) for r, chunks in enumerate(ranks)), key=lambda d: d["total"])
+        return self._assemble(s, step, breakdown, mem, counts)
+
+    # ------------------------------------------------------------ helpers
+
+    def _rank(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], r: int, m: int, topo: _Topology) -> "_RankTime":
+        f = bw = rc = tp = params = 0.0
+        p2p = 0.0
+        for start, end in chunks:
+            f += table.range_sum("forward_s", start, end)
+            bw += table.range_sum("backward_s", start, end)
+            rc += table.range_sum("recompute_s", start, end)
+            tp += table.range_sum("tp_forward_s", start, end) + table.range_sum("tp_backward_s", start, end)
+            params += table.range_sum("params", start, end)
+            if s.pp > 1:  # activation to the next stage, its gradient back
+                sends = (end < self.n_layers) + (start > 0)
+                nbytes = table.costs[end - 1].output_bytes if end < self.n_layers else table.costs[start - 1].output_bytes if start else 0.0
+                p2p += sends * coll.p2p_s(nbytes, topo.pp_crosses_nodes, topo.used_per_node, self.cluster, self.eff)
+                if s.tp > 1 and not s.sequence_parallel:  # re-assemble the scattered activation
+                    p2p += sends * coll.all_gather_s(nbytes * s.tp, topo.tp, self.cluster, self.eff)
+        return _RankTime(f + bw, rc, tp, p2p, bw, params)
+
+    def _sync(self, s: Strategy, slow: "_RankTime", m: int, topo: _Topology, rate: DeviceRate) -> float:
+        if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
+            return 0.0
+        cl, eff = self.cluster, self.eff
+        grads = slow.params * self.grad_bytes
+        if s.subnet:
+            pair = sum(l.stats.params for l in self.profile.layers if l.stats.tp_styles)
+            return local_sgd_sync(pair * self.param_bytes / s.dp, topo.dp, s.sync_every, cl, eff).exposed_s
+        if s.sync is Sync.ASYNC:
+            return local_sgd_sync(slow.params * 4, topo.dp, s.sync_every, cl, eff).exposed_s
+        if s.zero == 0:
+            return ddp_sync(grads, topo.dp, slow.backward_s, cl, eff).exposed_s
+        if s.zero in (1, 2):
+            return zero12_sync(grads, slow.params * self.param_bytes, topo.dp, slow.backward_s, cl, eff).exposed_s
+        gathers = 3 if s.recompute is Recompute.FULL else 2
+        traffic = zero3_traffic_s(slow.params * self.param_bytes, grads, gathers, m, topo.dp, cl, eff)
+        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s)
+        first = coll.all_gather_s(slow.params * self.param_bytes / max(1, self.n_layers), topo.dp, cl, eff)
+        return max(0.0, traffic - busy) + first
+
+    def _optimizer_s(self, s: Strategy, params: float, rate: DeviceRate) -> float:
+        shard = params / (s.dp if s.zero >= 1 else 1)
+        # bytes per parameter: parameter read+write, gradient read, states read+write
+        p, g, k = self.param_bytes, self.grad_bytes, self.state_bytes
+        traffic = 2 * p + g + 2 * k if not self.work.precision.is_mixed else p + g + 2 * k
+        return shard * traffic / (rate.bandwidth_Bps * self.eff.memory_bandwidth)
+
+    def _data_s(self, s: Strategy, busy_s: float) -> float:
+        w, cl = self.work, self.cluster
+        nodes = max(1, -(-s.devices // cl.devices_per_node))
+        per_node_step = w.global_batch * w.sample_bytes / nodes
+        if s.data_partition is DataPartition.FEATURES:
+            per_node_step /= 1  # each rank reads its slice of every sample: the node still reads whole samples
+        shard = w.samples * w.sample_bytes / nodes
+        read = per_node_step / w.storage_Bps if shard > cl.host_memory_bytes * 0.8 else 0.0
+        copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / HOST_TO_DEVICE_BPS
+        return max(0.0, read + copy - busy_s)
+
+    def _memory(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], r: int, m: int, b: int) -> dict[str, float]:
+        params = sum(table.range_sum("params", a, e) for a, e in chunks)
+        dp_shard = s.dp if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
+        states = model_state_bytes(params, self.work.optimizer, self.work.precision, s.zero, dp_shard)
+        inflight = microbatches_in_flight(s.schedule.value, r, s.pp, m, s.virtual_stages)
+        acts = sum(table.range_sum("activation_bytes", a, e) for a, e in chunks) * inflight
+        working = max(table.max_working(a, e) for a, e in chunks)
+        buffers = 0.0
+        if s.dp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
+            buffers += 2 * 25e6  # DDP buckets in flight
+        if s.zero >= 3:  # a layer's gathered parameters, and the next one prefetched
+            buffers += 2 * max(c.params for c in table.costs) * self.param_bytes
+        if s.pp > 1:
+            buffers += 2 * max(table.costs[e - 1].output_bytes for a, e in chunks)
+        reserve = FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]
+        out = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
+               "activations": acts + working, "buffers": buffers, "reserve": reserve}
+        out["total"] = sum(out.values())
+        return out
+
+    def _assemble(self, s: Strategy, step: float, breakdown: dict[str, float], mem: dict[str, float], counts) -> Estimate:
+        w, dev = self.work, self.cluster.device
+        capacity = dev.memory_bytes * s.threads
+        fits = mem["total"] <= capacity
+        reason = None if fits else f"needs {mem['total'] / GB:.3g} GB per device > {capacity / GB:.3g} GB"
+        flops = self.model_flops_per_sample * w.global_batch
+        tflops = flops / step / s.devices if step > 0 else 0.0
+        factor = steps_factor(s.sync is Sync.ASYNC and s.dp > 1, s.sync_every,
+                              s.threads if s.sync is Sync.ASYNC else 1, s.dp if s.subnet else 1)
+        return Estimate(
+            strategy=s,
+            devices_used=s.devices,
+            fits=fits,
+            reason=reason,
+            step_time_s=step,
+            time_breakdown_s=breakdown,
+            memory_per_device_bytes=mem["total"],
+            memory_breakdown_bytes={k: v for k, v in mem.items() if k != "total"},
+            throughput_samples_s=w.global_batch / step if step > 0 else math.inf,
+            tokens_per_s=w.global_batch * w.tokens_per_sample / step if w.tokens_per_sample and step > 0 else None,
+            tflops_per_device=tflops / 1e12,
+            mfu=tflops / (self.peak / s.threads * s.threads) if self.peak else 0.0,
+            steps_factor=factor,
+            time_to_train_s=w.steps * factor * step,
+            stages=counts if s.pp > 1 else None,
+        )
+
+
+@dataclass(frozen=True)
+class _RankTime:
+    compute_s: float  # forward + backward compute of one micro-batch
+    recompute_s: float
+    tp_s: float
+    p2p_s: float
+    backward_s: float
+    params: float
+
+    @property
+    def time_s(self) -> float:
+        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s
+
+
+def _rank_ranges(counts: tuple[int, ...], pp: int, virtual: int) -> list[list[tuple[int, int]]]:
+    """Layer ranges [start, end) of each pipeline rank; rank r holds chunks r, r + pp, ..."""
+    bounds, start = [], 0
+    for c in counts:
+        bounds.append((start, start + c))
+        start += c
+    return [[bounds[r + pp * k] for k in range(virtual)] for r in range(pp)]
+
+
+def _feature_layer_costs(stats, b, s, rate, eff, all_reduce):
+    """The input Linear with its features split over dp ranks: compute and weights / dp,
+    one all-reduce of the partial pre-activations forward, no input gradient."""
+    from dataclasses import replace
+
+    from autopar.cost.layers import layer_costs as costs_of
+
+    c = costs_of(stats, b, s.dp, False, s.recompute, rate, eff, lambda n: 0.0, split_params=False)
+    return replace(c, params=stats.params / s.dp, tp_forward_s=all_reduce(stats.output_bytes * b))
+
+
+def estimate(recipe: Recipe, cluster: Cluster, strategy: Strategy, profile: Optional[ModelProfile] = None) -> Estimate:
+    """One-call API: profile the recipe's model (unless given) and estimate the strategy."""
+    return CostModel.for_recipe(recipe, cluster, profile).estimate(strategy)
