@@ -49,8 +49,12 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss; logits (B, T, V), target (B, T). Computed in fp32 as Megatron does."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(0, 1))
+    """Mean next-token loss; logits (B, T, V), target (B, T). Computed in at least fp32, as
+    Megatron does: bf16/fp16 logits are upcast; fp64 stays fp64 (equivalence tests)."""
+    logits = logits.flatten(0, 1)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, target.flatten(0, 1))
 
 
 def init_transformer_(module: nn.Module, std: float = 0.02) -> None:
