@@ -36,6 +36,10 @@ def nbytes(value: float) -> str:
 
 
 def seconds(value: float) -> str:
+    if value >= 2 * 86400:
+        return f"{value / 86400:.3g} days"
+    if value >= 2 * 3600:
+        return f"{value / 3600:.3g} h"
     if value >= 1:
         return f"{value:.3g} s"
     if value >= 1e-3:

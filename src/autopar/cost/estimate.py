@@ -124,6 +124,7 @@ class CostModel:
         self.param_bytes, self.grad_bytes, self.state_bytes = bytes_per_param(work.optimizer, work.precision)
         self._tables: dict[tuple, LayerTable] = {}
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
+        self._ranks: dict[tuple, list[_Rank]] = {}
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
@@ -204,47 +205,55 @@ class CostModel:
         rate = self.rate(s, topo.used_per_node)
         table = self.table(s, b, topo, rate)
         counts = self.layout(s, table)
-        ranks = _rank_ranges(counts, s.pp, s.virtual_stages)
-        per_rank = [self._rank(s, table, chunks, r, m, topo) for r, chunks in enumerate(ranks)]
-        pipe_s, bubble_s = schedule_time_s([r.time_s for r in per_rank], m, s.virtual_stages)
-        slow = max(per_rank, key=lambda r: r.time_s)
-        sync = self._sync(s, slow, m, topo, rate)
-        optimizer_s = self._optimizer_s(s, max(r.params for r in per_rank), rate)
-        data_s = self._data_s(s, pipe_s)
+        ranks = self.ranks(s, table, counts, topo)
+        pipe_s, bubble_s = schedule_time_s([r.time_s for r in ranks], m, s.virtual_stages)
+        slow = max(ranks, key=lambda r: r.time_s)
         breakdown = {
             "compute": m * slow.compute_s,
             "recompute": m * slow.recompute_s,
             "tp_comm": m * slow.tp_s,
             "pp_comm": m * slow.p2p_s,
             "bubble": bubble_s,
-            "dp_comm": sync,
-            "optimizer": optimizer_s,
-            "data": data_s,
+            "dp_comm": self._sync(s, slow, m, topo, rate),
+            "optimizer": self._optimizer_s(s, max(r.params for r in ranks), rate),
+            "data": self._data_s(s, pipe_s),
         }
         step = sum(breakdown.values())
-        mem = max((self._memory(s, table, chunks, r, m, b) for r, chunks in enumerate(ranks)), key=lambda d: d["total"])
-        return self._assemble(s, step, breakdown, mem, counts)
+        return self._assemble(s, step, breakdown, self._memory(s, ranks, m, table), counts)
+
+    def ranks(self, s: Strategy, table: LayerTable, counts: tuple[int, ...], topo: _Topology) -> list["_Rank"]:
+        """Per pipeline rank: one micro-batch's time by kind, parameters and activations (cached)."""
+        key = (id(table), counts, s.pp, s.virtual_stages, topo.pp_crosses_nodes, topo.used_per_node, s.tp, s.sequence_parallel)
+        found = self._ranks.get(key)
+        if found is None:
+            found = [self._rank(s, table, chunks, topo) for chunks in _rank_ranges(counts, s.pp, s.virtual_stages)]
+            self._ranks[key] = found
+        return found
 
     # ------------------------------------------------------------ helpers
 
-    def _rank(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], r: int, m: int, topo: _Topology) -> "_RankTime":
-        f = bw = rc = tp = params = 0.0
+    def _rank(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], topo: _Topology) -> "_Rank":
+        rs = table.range_sum
+        f = sum(rs("forward_s", a, e) + rs("backward_s", a, e) for a, e in chunks)
+        bwd = sum(rs("backward_s", a, e) for a, e in chunks)
+        rc = sum(rs("recompute_s", a, e) for a, e in chunks)
+        tp = sum(rs("tp_forward_s", a, e) + rs("tp_backward_s", a, e) for a, e in chunks)
         p2p = 0.0
-        for start, end in chunks:
-            f += table.range_sum("forward_s", start, end)
-            bw += table.range_sum("backward_s", start, end)
-            rc += table.range_sum("recompute_s", start, end)
-            tp += table.range_sum("tp_forward_s", start, end) + table.range_sum("tp_backward_s", start, end)
-            params += table.range_sum("params", start, end)
-            if s.pp > 1:  # activation to the next stage, its gradient back
-                sends = (end < self.n_layers) + (start > 0)
-                nbytes = table.costs[end - 1].output_bytes if end < self.n_layers else table.costs[start - 1].output_bytes if start else 0.0
-                p2p += sends * coll.p2p_s(nbytes, topo.pp_crosses_nodes, topo.used_per_node, self.cluster, self.eff)
-                if s.tp > 1 and not s.sequence_parallel:  # re-assemble the scattered activation
-                    p2p += sends * coll.all_gather_s(nbytes * s.tp, topo.tp, self.cluster, self.eff)
-        return _RankTime(f + bw, rc, tp, p2p, bw, params)
+        for start, end in chunks if s.pp > 1 else ():  # activation to the next stage, its gradient back
+            sends = (end < self.n_layers) + (start > 0)
+            nbytes = table.costs[end - 1].output_bytes if end < self.n_layers else table.costs[start - 1].output_bytes
+            p2p += sends * coll.p2p_s(nbytes, topo.pp_crosses_nodes, topo.used_per_node, self.cluster, self.eff)
+            if s.tp > 1 and not s.sequence_parallel:  # re-assemble the scattered activation
+                p2p += sends * coll.all_gather_s(nbytes * s.tp, topo.tp, self.cluster, self.eff)
+        return _Rank(
+            compute_s=f, recompute_s=rc, tp_s=tp, p2p_s=p2p, backward_s=bwd,
+            params=sum(rs("params", a, e) for a, e in chunks),
+            activation_bytes=sum(rs("activation_bytes", a, e) for a, e in chunks),
+            working_bytes=max(table.max_working(a, e) for a, e in chunks),
+            boundary_bytes=max(table.costs[e - 1].output_bytes for a, e in chunks) if s.pp > 1 else 0.0,
+        )
 
-    def _sync(self, s: Strategy, slow: "_RankTime", m: int, topo: _Topology, rate: DeviceRate) -> float:
+    def _sync(self, s: Strategy, slow: "_Rank", m: int, topo: _Topology, rate: DeviceRate) -> float:
         if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
             return 0.0
         cl, eff = self.cluster, self.eff
@@ -282,23 +291,29 @@ class CostModel:
         copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / HOST_TO_DEVICE_BPS
         return max(0.0, read + copy - busy_s)
 
-    def _memory(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], r: int, m: int, b: int) -> dict[str, float]:
-        params = sum(table.range_sum("params", a, e) for a, e in chunks)
+    def _memory(self, s: Strategy, ranks: list["_Rank"], m: int, table: LayerTable) -> dict[str, float]:
+        """The peak over pipeline ranks of states + activations in flight + buffers + reserve."""
         dp_shard = s.dp if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
-        states = model_state_bytes(params, self.work.optimizer, self.work.precision, s.zero, dp_shard)
-        inflight = microbatches_in_flight(s.schedule.value, r, s.pp, m, s.virtual_stages)
-        acts = sum(table.range_sum("activation_bytes", a, e) for a, e in chunks) * inflight
-        working = max(table.max_working(a, e) for a, e in chunks)
-        buffers = 0.0
-        if s.dp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
+        p, g, k = self.param_bytes, self.grad_bytes, self.state_bytes
+        z = s.zero
+        per_param = p / (dp_shard if z >= 3 else 1) + g / (dp_shard if z >= 2 else 1) + k / (dp_shard if z >= 1 else 1)
+        best, best_r = -1.0, 0
+        for r, rank in enumerate(ranks):
+            inflight = microbatches_in_flight(s.schedule.value, r, s.pp, m, s.virtual_stages)
+            total = rank.params * per_param + rank.activation_bytes * inflight + rank.working_bytes + 2 * rank.boundary_bytes
+            if total > best:
+                best, best_r = total, r
+        rank = ranks[best_r]
+        states = model_state_bytes(rank.params, self.work.optimizer, self.work.precision, z, dp_shard)
+        buffers = 2 * rank.boundary_bytes
+        if s.dp > 1 and z == 0 and s.sync is Sync.SYNC:
             buffers += 2 * 25e6  # DDP buckets in flight
-        if s.zero >= 3:  # a layer's gathered parameters, and the next one prefetched
-            buffers += 2 * max(c.params for c in table.costs) * self.param_bytes
-        if s.pp > 1:
-            buffers += 2 * max(table.costs[e - 1].output_bytes for a, e in chunks)
-        reserve = FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]
+        if z >= 3:  # a layer's gathered parameters, and the next one prefetched
+            buffers += 2 * table.max_params * self.param_bytes
+        inflight = microbatches_in_flight(s.schedule.value, best_r, s.pp, m, s.virtual_stages)
         out = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
-               "activations": acts + working, "buffers": buffers, "reserve": reserve}
+               "activations": rank.activation_bytes * inflight + rank.working_bytes, "buffers": buffers,
+               "reserve": FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]}
         out["total"] = sum(out.values())
         return out
 
@@ -331,13 +346,16 @@ class CostModel:
 
 
 @dataclass(frozen=True)
-class _RankTime:
+class _Rank:
     compute_s: float  # forward + backward compute of one micro-batch
     recompute_s: float
     tp_s: float
     p2p_s: float
     backward_s: float
     params: float
+    activation_bytes: float  # one micro-batch, all chunks of the rank
+    working_bytes: float
+    boundary_bytes: float
 
     @property
     def time_s(self) -> float:

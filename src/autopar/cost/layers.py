@@ -83,6 +83,7 @@ class LayerTable:
         self.time = _prefix([c.time_s for c in costs])
         self.prefix = {f: _prefix([getattr(c, f) for c in costs]) for f in FIELDS}
         self.times = [c.time_s for c in costs]
+        self.max_params = max((c.params for c in costs), default=0.0)
 
     def range_sum(self, field: str, start: int, end: int) -> float:
         p = self.prefix[field]

@@ -1,0 +1,135 @@
+"""The cost model's closed forms, hand-computed cases and published numbers."""
+
+import math
+import random
+
+import pytest
+
+from autopar.cost import collectives as coll
+from autopar.cost.efficiency import DEFAULT
+from autopar.cost.estimate import CostModel
+from autopar.cost.memory import model_state_bytes
+from autopar.cost.pipeline import layout_brute_force, layout_dp, layout_fast, schedule_time_s, stage_max_time
+from autopar.spec.cluster import parse_cluster
+from autopar.spec.enums import Optimizer, Precision, Recompute
+from autopar.spec.recipe import parse_recipe
+from autopar.spec.strategy import Strategy
+from autopar.validation.published import check_run, load_runs, per_layer_rows, zero_cell_error, zero_memory_rows
+
+DGX = parse_cluster({"preset": "dgx-a100-80gb", "nodes": 4})
+
+
+def test_dp_all_reduce_is_ring_volume_over_bandwidth_plus_latency():
+    n = 1e9  # bytes
+    # 8 ranks in one node: NVSwitch, 300 GB/s per GPU at 80 % collective efficiency
+    inside = coll.place(8, 1, 8, 8)
+    expected = 2 * 7 / 8 * n / (300e9 * DEFAULT.collective_intra) + 2 * 7 * 5e-6
+    assert coll.all_reduce_s(n, inside, DGX, DEFAULT) == pytest.approx(expected, rel=1e-12)
+    # 4 ranks, one per node (stride 8): each rank's share of its node's 200 GB/s NICs is 1/8
+    across = coll.place(4, 8, 8, 8)
+    assert (across.per_node, across.nodes) == (1, 4)
+    expected = 2 * 3 / 4 * n / (200e9 * DEFAULT.collective_inter / 8) + 2 * (0 + math.ceil(math.log2(4)) * 10e-6)
+    assert coll.all_reduce_s(n, across, DGX, DEFAULT) == pytest.approx(expected, rel=1e-12)
+
+
+def test_one_f_one_b_bubble_is_p_minus_1_over_m_of_the_work():
+    t_f, t_b, p, m = 0.3, 0.6, 4, 16
+    total, bubble = schedule_time_s([t_f + t_b] * p, m, virtual=1)
+    assert bubble == pytest.approx((p - 1) / m * (m * (t_f + t_b)))
+    assert total == pytest.approx((m + p - 1) * (t_f + t_b))
+    _, interleaved = schedule_time_s([t_f + t_b] * p, m, virtual=2)
+    assert interleaved == pytest.approx(bubble / 2)
+
+
+def test_zero_memory_matches_the_papers_formulas():
+    psi = 7.5e9
+    for nd in (1, 4, 64, 1024):
+        os_ = model_state_bytes(psi, Optimizer.ADAM, Precision.FP16, 1, nd).total
+        osg = model_state_bytes(psi, Optimizer.ADAM, Precision.FP16, 2, nd).total
+        osgp = model_state_bytes(psi, Optimizer.ADAM, Precision.FP16, 3, nd).total
+        assert os_ == pytest.approx(4 * psi + 12 * psi / nd)
+        assert osg == pytest.approx(2 * psi + 14 * psi / nd)
+        assert osgp == pytest.approx(16 * psi / nd)
+    for run_id, stage, nd, paper, ours in zero_memory_rows(load_runs()):
+        assert zero_cell_error(paper, ours) <= 0.01, (run_id, stage, nd, paper, ours)
+
+
+def _gpt(layers=2, hidden=512, heads=8, seq=256, batch=8, **training):
+    return parse_recipe({"model": {"family": "gpt", "layers": layers, "hidden": hidden, "heads": heads, "seq_len": seq, "vocab": 1024},
+                         "data": {"samples": 1000}, "training": {"global_batch": batch, "precision": "bf16", **training}})
+
+
+def test_tensor_parallel_traffic_is_megatrons_8bsh_per_layer():
+    """Megatron-LM SC'21 Sec. 3.3: 8 b s h (t-1)/t elements per layer per device per micro-batch."""
+    recipe, t, b = _gpt(), 4, 2
+    model = CostModel.for_recipe(recipe, DGX)
+    s = Strategy(tp=t, microbatch=b)
+
+    def ring_volume(nbytes):  # one "second" per byte a rank sends in a ring all-reduce
+        return 2 * (t - 1) / t * nbytes
+
+    from autopar.cost.layers import layer_costs
+
+    topo = model.topology(s)
+    c = layer_costs(model.stats[1], b, t, False, s.recompute, model.rate(s, topo.used_per_node), DEFAULT, ring_volume)
+    s_, h = 256, 512
+    assert c.tp_forward_s + c.tp_backward_s == pytest.approx(8 * b * s_ * h * (t - 1) / t * 2)  # 2 bytes per bf16 element
+    assert c.tp_forward_s == pytest.approx(c.tp_backward_s)
+
+
+def test_stage_layout_dp_equals_brute_force_and_fast_solver_agrees():
+    rng = random.Random(0)
+    for _ in range(150):
+        L = rng.randint(2, 9)
+        S = rng.randint(1, L)
+        times = [rng.choice([0.1, 1.0, rng.random() * 3]) for _ in range(L)]
+        mems = [rng.random() for _ in range(L)]
+        cap = rng.choice([math.inf, 1.0, 1.5])
+        mem = (lambda i, a, e, mems=mems: sum(mems[a:e]) * (1 + 0.2 * i))
+        oracle = layout_brute_force(times, S, mem, cap)
+        dp = layout_dp(times, S, mem, cap)
+        fast = layout_fast(times, S, mem, cap)
+        if oracle is None:
+            assert dp is None and fast is None
+            continue
+        assert sum(dp) == L and len(dp) == S and min(dp) >= 1
+        assert stage_max_time(times, dp) == pytest.approx(oracle, rel=1e-12)
+        assert stage_max_time(times, fast) == pytest.approx(oracle, rel=1e-9)
+
+
+def test_invalid_strategies_name_the_arithmetic():
+    from autopar.cost.validity import InvalidStrategy
+
+    model = CostModel.for_recipe(_gpt(), DGX)
+    cases = {
+        "dp=64,tp=1": "dp(64) * tp(1) * pp(1) * threads(1) = 64 > devices(32)",
+        "dp=3": "global_batch(8) % dp(3) = 2",
+        "tp=3": "tp(3) must divide",
+        "pp=8": "pp(8) * virtual_stages(1) = 8 > layers(4)",
+        "sync=async,pp=2,dp=2": "needs tp=1, pp=1",
+        "threads=2": "needs devices that share memory",
+    }
+    for text, message in cases.items():
+        with pytest.raises(InvalidStrategy) as err:
+            model.estimate(Strategy.parse(text))
+        assert message in str(err.value)
+
+
+def test_published_runs_within_targets():
+    """Issue 3's acceptance bar: iteration-time MAPE <= 10 %, none worse than 20 %."""
+    checks = [c for c in (check_run(r) for r in load_runs()) if c is not None]
+    assert len(checks) >= 15
+    errors = [abs(c.error) for c in checks]
+    assert sum(errors) / len(errors) <= 0.10
+    assert max(errors) <= 0.20
+    layer_errors = [abs(p / m - 1) for _, _, m, p in per_layer_rows(load_runs())]
+    assert max(layer_errors) <= 0.10
+
+
+def test_memory_falls_with_zero_stage_and_recompute():
+    model = CostModel.for_recipe(_gpt(batch=16), DGX)
+    base = model.estimate(Strategy(dp=8)).memory_per_device_bytes
+    z1 = model.estimate(Strategy(dp=8, zero=1)).memory_per_device_bytes
+    z3 = model.estimate(Strategy(dp=8, zero=3)).memory_per_device_bytes
+    full = model.estimate(Strategy(dp=8, zero=3, recompute=Recompute.FULL))
+    assert base > z1 > z3 > full.memory_per_device_bytes
