@@ -1,0 +1,72 @@
+"""`autopar run RECIPE (--strategy S | --plan N) --steps K`: train the recipe with that plan.
+
+Every problem of the strategy for this recipe is reported (exit 2) before any process
+starts; then torchrun runs one process per dp * tp * pp rank (see runtime/launch.py)
+and rank 0 prints each step's loss, time, memory and throughput beside the cost
+model's prediction. `--print-command` prints the torchrun command instead, to run the
+same plan on a cluster (one command per node, with --nnodes/--node-rank/--rdzv-*).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from autopar.cli.common import add_recipe_args, load_inputs
+from autopar.errors import InputError
+from autopar.spec.strategy import Strategy
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="train the recipe with a strategy or a plan, under torchrun", description=__doc__.splitlines()[0])
+    add_recipe_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--strategy", metavar="TEXT", help='e.g. "dp=2,tp=2" or "pp=2,schedule=gpipe,microbatch=4"')
+    which.add_argument("--plan", type=int, metavar="N", help="run the planner's N-th plan (1 = its best)")
+    p.add_argument("--steps", type=int, metavar="K", help="optimizer steps (default: the recipe's)")
+    p.add_argument("--nproc", type=int, metavar="N", help="devices per node (default: the strategy's devices / nnodes)")
+    p.add_argument("--nnodes", type=int, default=1, metavar="N", help="nodes (one torchrun per node)")
+    p.add_argument("--node-rank", type=int, default=0, metavar="I", help="this node's index, 0 .. nnodes-1")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address (node 0), needed with --nnodes > 1")
+    p.add_argument("--rdzv-id", default="autopar", metavar="ID", help="job id shared by all nodes of one run")
+    p.add_argument("--print-command", action="store_true", help="print the torchrun command and exit")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--dtype", choices=("float32", "float64"), help=argparse.SUPPRESS)  # tests train in float64
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autopar.runtime.launch import Rendezvous, WorkerArgs, launch, preflight, printable
+
+    recipe, cluster = load_inputs(args)
+    rdzv = Rendezvous(args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id)
+    rdzv.check()
+    strategy = Strategy.parse(args.strategy) if args.strategy is not None else strategy_from_plan(recipe, cluster, args.plan, rdzv.nnodes)
+    steps = args.steps if args.steps is not None else recipe.steps_to_train()
+    if steps < 1:
+        raise InputError("--steps", steps, "expected an integer >= 1")
+    nproc = args.nproc if args.nproc is not None else max(1, strategy.devices // rdzv.nnodes)
+    preflight(recipe, strategy, nproc, rdzv)
+    worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json)
+    if args.print_command:
+        print(printable(strategy, rdzv, worker))
+        return 0
+    return launch(strategy, rdzv, worker)
+
+
+def strategy_from_plan(recipe, cluster, n: int, nnodes: int) -> Strategy:
+    """The planner's n-th plan (1-based). The planner returns plans best first: a sequence, or
+    an object with `.plans`; each plan is a Strategy or has `.strategy`."""
+    try:
+        from autopar.plan.planner import plan
+    except ImportError as err:
+        raise InputError("--plan", n, f"the planner is not available ({err}); pass --strategy instead") from None
+    if cluster is None:
+        from autopar.spec.cluster import parse_cluster
+
+        cluster = parse_cluster({"preset": "cpu-local", "nodes": nnodes})
+    result = plan(recipe, cluster)
+    plans = list(getattr(result, "plans", result))
+    if not 1 <= n <= len(plans):
+        raise InputError("--plan", n, f"expected 1 .. {len(plans)} (the planner found {len(plans)} plans)")
+    chosen = plans[n - 1]
+    return chosen if isinstance(chosen, Strategy) else chosen.strategy

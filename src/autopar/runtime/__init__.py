@@ -1,0 +1,27 @@
+"""Runtime: train a recipe with a Strategy, using PyTorch's own parallel APIs under torchrun.
+
+Every technique lives in one file with one `apply_*` function. They are applied to
+each model chunk in one fixed order (torchtitan's), by `parallelize.parallelize`:
+
+  1. pipeline.py         apply_pipeline_split   cut `layers` into stage chunks (torch.distributed.pipelining)
+  2. tensor_parallel.py  apply_tensor_parallel  DTensor `parallelize_module` from the model's tp_plan,
+                                                with sequence parallel and vocabulary-parallel loss
+  3. checkpointing.py    apply_activation_checkpointing  none / selective (attention core) / full (each block)
+  4. sharding.py         apply_fsdp             FSDP2 `fully_shard`: ZeRO-2/3, and data parallel over
+                                                tensor parallel (HSDP replicas for zero=0)
+     data_parallel.py    apply_ddp              DDP (ZeRO-0, and ZeRO-1 with sharding.zero1_optimizer)
+  5. pipeline.py         apply_pipeline_schedule  PipelineStage per chunk + GPipe / 1F1B / Interleaved1F1B
+
+Techniques that change the training loop rather than wrap the model:
+  features.py      apply_feature_partition  data split by input features, partial products all-reduced
+  local_sgd.py     apply_local_sgd          asynchronous DP: average parameters every sync_every steps
+  subnet.py        apply_subnet             independent subnetwork training (Yuan et al.)
+  shared_memory.py apply_threads / run_hogwild  intra-op threads, or Hogwild on shared parameters
+
+Around them: checks.py (every strategy problem, found before any process starts),
+launch.py (the torchrun command), worker.py (per-rank entry), mesh.py (DeviceMesh),
+data.py (batches), precision.py (mixed precision), optim.py (optimizers),
+train.py (the step loop), report.py (what a run measured, beside the prediction).
+
+Nothing here is imported by `import autopar.runtime`: the CLI stays fast.
+"""

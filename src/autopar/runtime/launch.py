@@ -1,0 +1,111 @@
+"""The torchrun command that runs a strategy, on one node or several.
+
+One node: `torchrun --standalone --nproc-per-node P`. Several nodes: the same command
+on every node with the c10d rendezvous (`--nnodes N --node-rank i --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT --rdzv-id ID`), so a plan printed here runs on a cluster
+unchanged. P = dp * tp * pp / nnodes processes per node; with sync=sync each uses
+`threads` intra-op threads (OMP_NUM_THREADS), with Hogwild it forks `threads` workers.
+`autopar run` runs torchrun's own entry (torch.distributed.run) in its process, which
+saves starting a second interpreter; the workers use the current interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from autopar.errors import InputError
+from autopar.spec.strategy import Strategy
+
+WORKER_MODULE = "autopar.runtime.worker"
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    nnodes: int = 1
+    node_rank: int = 0
+    endpoint: Optional[str] = None  # HOST:PORT of the c10d rendezvous (required with nnodes > 1)
+    run_id: str = "autopar"
+
+    def check(self) -> None:
+        if self.nnodes > 1 and not self.endpoint:
+            raise InputError("--rdzv-endpoint", None, f"required with --nnodes {self.nnodes}: HOST:PORT of node 0, e.g. 10.0.0.1:29500")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise InputError("--node-rank", self.node_rank, f"expected 0 .. nnodes-1 = {self.nnodes - 1}")
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    recipe: str
+    strategy: Strategy
+    steps: int
+    cluster: Optional[str] = None
+    dtype: Optional[str] = None
+    json: bool = False
+    report: Optional[str] = None
+
+    def argv(self) -> list[str]:
+        out = ["--recipe", str(Path(self.recipe).resolve()), "--strategy", self.strategy.to_text(), "--steps", str(self.steps)]
+        if self.cluster:
+            out += ["--cluster", str(Path(self.cluster).resolve())]
+        if self.dtype:
+            out += ["--dtype", self.dtype]
+        if self.json:
+            out.append("--json")
+        if self.report:
+            out += ["--report", self.report]
+        return out
+
+
+def processes_per_node(strategy: Strategy, rdzv: Rendezvous) -> int:
+    return strategy.dp * strategy.tp * strategy.pp // rdzv.nnodes
+
+
+def threads_env(strategy: Strategy) -> dict[str, str]:
+    threads = 1 if strategy.is_async else strategy.threads
+    return {"OMP_NUM_THREADS": str(threads)}
+
+
+def torchrun_args(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> list[str]:
+    """torchrun's arguments (after the program name), then the worker module and its arguments."""
+    nproc = ["--nproc-per-node", str(processes_per_node(strategy, rdzv))]
+    if rdzv.nnodes == 1:
+        where = ["--standalone"]
+    else:
+        where = ["--nnodes", str(rdzv.nnodes), "--node-rank", str(rdzv.node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv.endpoint, "--rdzv-id", rdzv.run_id]
+    return [*where, *nproc, "--max-restarts", "0", "-m", WORKER_MODULE, *worker.argv()]
+
+
+def printable(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> str:
+    env = " ".join(f"{k}={v}" for k, v in threads_env(strategy).items())
+    return f"{env} {shlex.join(['torchrun', *torchrun_args(strategy, rdzv, worker)])}"
+
+
+def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
+    """Run torchrun in the foreground; returns 0, or the exit code of the first failed worker."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.update(threads_env(strategy))
+    try:
+        run(parse_args(torchrun_args(strategy, rdzv, worker)))
+    except ChildFailedError as err:
+        codes = [f.exitcode for f in err.failures.values()]
+        return next((c for c in codes if c > 0), 1)
+    return 0
+
+
+def preflight(recipe, strategy: Strategy, nproc: int, rdzv: Rendezvous) -> None:
+    """Every check that needs no process: strategy vs model (built on meta), devices, loader import."""
+    from autopar.models import build_model
+    from autopar.runtime import checks
+    from autopar.runtime.data import load_loader
+
+    mdef = build_model(recipe.model, "meta")
+    facts = checks.model_facts(mdef, recipe.model)
+    launch_facts = checks.Launch(nproc=nproc, nnodes=rdzv.nnodes)
+    checks.validate(strategy, facts, recipe.training.global_batch, recipe.training.precision, launch_facts)
+    load_loader(recipe)

@@ -1,0 +1,101 @@
+"""The device mesh of a strategy: dimensions (pp, dp_replicate, dp_shard, tp), outermost first.
+
+Tensor parallelism is innermost so its ranks are neighbours (one node), pipeline
+stages outermost, as in torchtitan and Megatron-LM. The data-parallel degree sits
+in `dp_shard` (FSDP/DDP over it), except for zero=0 with tensor or pipeline
+parallelism, which FSDP2 runs as HSDP with every dp rank a replica (`dp_replicate`,
+shard size 1) because DDP cannot be used there (see sharding.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from autopar.spec.strategy import Strategy
+
+DIM_NAMES = ("pp", "dp_replicate", "dp_shard", "tp")
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    pp: int
+    dp: int
+    tp: int
+    dp_as_replicas: bool  # dp realised by HSDP replicas (zero=0 with tensor or pipeline parallel)
+
+    @classmethod
+    def from_strategy(cls, strategy: Strategy) -> "ParallelDims":
+        replicas = strategy.zero == 0 and strategy.dp > 1 and (strategy.tp > 1 or strategy.pp > 1)
+        return cls(strategy.pp, strategy.dp, strategy.tp, replicas)
+
+    @property
+    def world(self) -> int:
+        return self.pp * self.dp * self.tp
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        replicate = self.dp if self.dp_as_replicas else 1
+        return (self.pp, replicate, self.dp // replicate, self.tp)
+
+
+@dataclass(frozen=True)
+class Coords:
+    """This rank's place in the mesh."""
+
+    pp: int = 0
+    dp: int = 0
+    tp: int = 0
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """Where this process sits: the mesh (None for one process), its coordinates, its device."""
+
+    dims: ParallelDims
+    mesh: Optional[DeviceMesh]
+    coords: Coords
+    device: torch.device
+
+    @classmethod
+    def create(cls, dims: ParallelDims, device: torch.device) -> "RankContext":
+        mesh = build_mesh(dims, device.type)
+        return cls(dims, mesh, coords(mesh, dims), device)
+
+
+def build_mesh(dims: ParallelDims, device_type: str) -> Optional[DeviceMesh]:
+    """The world mesh, or None for a single process."""
+    if dims.world == 1:
+        return None
+    world = dist.get_world_size()
+    if world != dims.world:
+        raise RuntimeError(f"pp({dims.pp}) * dp({dims.dp}) * tp({dims.tp}) = {dims.world} != WORLD_SIZE({world})")
+    return init_device_mesh(device_type, dims.shape, mesh_dim_names=DIM_NAMES)
+
+
+def coords(mesh: Optional[DeviceMesh], dims: ParallelDims) -> Coords:
+    if mesh is None:
+        return Coords()
+    replica, shard = mesh.get_local_rank("dp_replicate"), mesh.get_local_rank("dp_shard")
+    return Coords(pp=mesh.get_local_rank("pp"), dp=replica * dims.shape[2] + shard, tp=mesh.get_local_rank("tp"))
+
+
+def dp_mesh(mesh: DeviceMesh, dims: ParallelDims) -> DeviceMesh:
+    """The mesh FSDP2 shards over: 1-D (dp_shard), or 2-D (replicate, shard) for HSDP."""
+    return mesh["dp_replicate", "dp_shard"] if dims.dp_as_replicas else mesh["dp_shard"]
+
+
+def dp_group(mesh: DeviceMesh, dims: ParallelDims) -> dist.ProcessGroup:
+    """The process group of the data-parallel ranks (DDP, ZeRO-1, parameter averaging)."""
+    if dims.dp_as_replicas:
+        raise RuntimeError("dp is realised as HSDP replicas here; use dp_mesh")
+    return mesh["dp_shard"].get_group()
+
+
+def global_rank(dims: ParallelDims, pp: int, dp: int, tp: int) -> int:
+    """Rank of mesh coordinates (pp, dp, tp) in the row-major layout of DIM_NAMES."""
+    return (pp * dims.dp + dp) * dims.tp + tp

@@ -1,0 +1,142 @@
+"""What a run measured, beside what the cost model predicted for the same strategy.
+
+Per step: the global mean loss, the step time (the slowest rank's), the peak memory
+(the largest rank's: resident set size on CPU, torch.cuda.max_memory_allocated on
+GPU) and the throughput (global batch / step time). The prediction comes from
+`autopar.cost.estimate.estimate(recipe, cluster, strategy)` when that module exists.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from autopar.spec.recipe import GPTSpec, LlamaSpec, Recipe, TransformersSpec
+from autopar.spec.strategy import Strategy
+
+if TYPE_CHECKING:
+    from autopar.runtime.train import Trainer
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@dataclass
+class RunResult:
+    losses: list[float]
+    step_times_s: list[float]
+    step_peak_memory_bytes: list[int]
+    applied: list[str]
+    global_batch: int
+    tokens_per_sample: int = 1
+    trainer: Optional["Trainer"] = field(default=None, repr=False)
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        return max(self.step_peak_memory_bytes, default=0)
+
+    @property
+    def samples_per_s(self) -> list[float]:
+        return [self.global_batch / t for t in self.step_times_s]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "losses": self.losses,
+            "step_times_s": self.step_times_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "step_peak_memory_bytes": self.step_peak_memory_bytes,
+            "samples_per_s": self.samples_per_s,
+            "tokens_per_s": [x * self.tokens_per_sample for x in self.samples_per_s],
+            "applied": self.applied,
+        }
+
+
+class StepLog:
+    """This rank's per-step records; `result` combines every rank's (collective)."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.times: list[float] = []
+        self.memory: list[int] = []
+
+    def add(self, loss: torch.Tensor, seconds: float, memory: int) -> None:
+        self.losses.append(loss.detach().to(torch.float64).reshape(()))
+        self.times.append(seconds)
+        self.memory.append(memory)
+
+    def result(self, trainer: "Trainer", s: Strategy, recipe: Recipe) -> RunResult:
+        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0, dtype=torch.float64)
+        times = torch.tensor(self.times, dtype=torch.float64)
+        memory = torch.tensor(self.memory, dtype=torch.float64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            packed = torch.stack([losses, times, memory])  # one gloo/nccl call for the run
+            _all_reduce_cpu(packed[0], dist.ReduceOp.SUM)
+            _all_reduce_cpu(packed[1:], dist.ReduceOp.MAX)
+            losses, times, memory = packed[0], packed[1], packed[2]
+        return RunResult(
+            losses=losses.tolist(),
+            step_times_s=times.tolist(),
+            step_peak_memory_bytes=[int(m) for m in memory.tolist()],
+            applied=list(trainer.applied),
+            global_batch=recipe.training.global_batch,
+            tokens_per_sample=tokens_per_sample(recipe),
+            trainer=trainer,
+        )
+
+
+def _all_reduce_cpu(t: torch.Tensor, op) -> None:
+    """All-reduce a small CPU tensor, through the device when the backend is NCCL."""
+    if dist.get_backend() == "nccl":
+        on_device = t.cuda()
+        dist.all_reduce(on_device, op=op)
+        t.copy_(on_device.cpu())
+    else:
+        dist.all_reduce(t, op=op)
+
+
+def tokens_per_sample(recipe: Recipe) -> int:
+    model = recipe.model
+    if isinstance(model, (GPTSpec, LlamaSpec, TransformersSpec)):
+        return model.seq_len
+    return 1
+
+
+# ------------------------------------------------------------------ prediction and output
+
+
+def predict(recipe: Recipe, cluster, strategy: Strategy) -> Optional[Any]:
+    """The cost model's estimate, or None while autopar.cost.estimate does not exist."""
+    try:
+        from autopar.cost.estimate import estimate
+    except ImportError:
+        return None
+    return estimate(recipe, cluster, strategy)
+
+
+def report_dict(result: RunResult, strategy: Strategy, prediction: Optional[Any], nproc: int) -> dict[str, Any]:
+    return {"strategy": strategy.to_dict(), "nproc": nproc, **result.to_dict(), "predicted": prediction.to_dict() if prediction is not None else None}
+
+
+def format_report(result: RunResult, strategy: Strategy, prediction: Optional[Any]) -> str:
+    lines = [f"strategy {strategy.to_text()}: " + ", ".join(result.applied or ["single process"])]
+    lines.append(f"{'step':>5} {'loss':>12} {'time s':>9} {'samples/s':>10} {'peak MiB':>9}")
+    for i, (loss, t, mem) in enumerate(zip(result.losses, result.step_times_s, result.step_peak_memory_bytes)):
+        lines.append(f"{i + 1:>5} {loss:>12.6f} {t:>9.4f} {result.global_batch / t:>10.1f} {mem / 2**20:>9.1f}")
+    measured = statistics.median(result.step_times_s) if result.step_times_s else float("nan")
+    lines.append(f"measured: median step {measured:.4f} s, peak memory {result.peak_memory_bytes / 2**20:.1f} MiB per process")
+    if prediction is None:
+        lines.append("predicted: (no cost model yet: autopar.cost.estimate is not installed)")
+    else:
+        lines.append(
+            f"predicted: step {prediction.step_time_s:.4f} s ({prediction.step_time_s / measured:.2f}x measured), "
+            f"memory {prediction.memory_per_device_bytes / 2**20:.1f} MiB per device"
+        )
+    return "\n".join(lines)

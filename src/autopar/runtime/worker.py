@@ -1,0 +1,110 @@
+"""Per-rank entry point, started by torchrun: `python -m autopar.runtime.worker --recipe R --strategy S --steps K`.
+
+Each rank initialises the process group (nccl with GPUs, else gloo), trains, and rank
+0 prints the report (a table, or JSON with --json) and optionally writes it to
+--report. The process ends with barrier, destroy_process_group, flush, os._exit:
+gloo can otherwise abort a finished rank at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from autopar.errors import InputError
+from autopar.spec.recipe import Recipe, load_recipe, load_yaml
+from autopar.spec.strategy import Strategy
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="autopar.runtime.worker", description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--cluster", help="cluster YAML for the prediction (default: the recipe's, else cpu-local)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="train entirely in this dtype (tests: float64)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--report", help="also write the JSON report to this file")
+    return p.parse_args(argv)
+
+
+def pick_device() -> tuple[torch.device, str]:
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device, "nccl"
+    return torch.device("cpu"), "gloo"
+
+
+def cluster_for(recipe: Recipe, path: Optional[str]):
+    from autopar.spec.cluster import parse_cluster
+
+    if path:
+        return parse_cluster(load_yaml(path, "--cluster"))
+    return parse_cluster(recipe.cluster if recipe.cluster is not None else {"preset": "cpu-local", "nodes": 1})
+
+
+def prediction_for(recipe: Recipe, strategy: Strategy, cluster_path: Optional[str]) -> Optional[Any]:
+    from autopar.runtime.report import predict
+
+    try:
+        return predict(recipe, cluster_for(recipe, cluster_path), strategy)
+    except InputError as err:
+        print(f"autopar: no prediction for this strategy: {err}", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from autopar.runtime.report import format_report, report_dict
+    from autopar.runtime.train import RunOptions, train
+
+    recipe, strategy = load_recipe(args.recipe), Strategy.parse(args.strategy)
+    device, backend = pick_device()
+    dist.init_process_group(backend)
+    rank = dist.get_rank()
+    prediction = prediction_for(recipe, strategy, args.cluster) if rank == 0 else None
+    options = RunOptions(steps=args.steps, dtype=DTYPES.get(args.dtype), progress=not args.json)
+    result = train(recipe, strategy, options, device)
+    if rank == 0:
+        report = report_dict(result, strategy, prediction, nproc=strategy.devices)
+        if args.report:
+            with open(args.report, "w") as f:
+                json.dump(report, f, indent=2)
+        print(json.dumps(report, indent=2) if args.json else format_report(result, strategy, prediction), flush=True)
+    return 0
+
+
+def finish(code: int) -> None:
+    """End without letting gloo abort at interpreter exit."""
+    if dist.is_initialized() and code == 0:
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        code = run(args)
+    except InputError as err:
+        print(f"autopar: error: {err}", file=sys.stderr)
+        code = 2
+    except Exception:  # noqa: BLE001 - a failed rank prints its traceback and exits non-zero
+        traceback.print_exc()
+        code = 1
+    finish(code)
+
+
+if __name__ == "__main__":
+    main()
