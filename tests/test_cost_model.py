@@ -133,3 +133,15 @@ def test_memory_falls_with_zero_stage_and_recompute():
     z3 = model.estimate(Strategy(dp=8, zero=3)).memory_per_device_bytes
     full = model.estimate(Strategy(dp=8, zero=3, recompute=Recompute.FULL))
     assert base > z1 > z3 > full.memory_per_device_bytes
+
+
+def test_run_length_layout_matches_the_dynamic_program():
+    from autopar.cost.pipeline import layout_runs
+
+    rng = random.Random(1)
+    for _ in range(200):
+        runs = [(rng.choice([0.05, 1.0, 1.3, rng.random() * 2 + 0.01]), rng.randint(1, 6)) for _ in range(rng.randint(1, 4))]
+        times = [t for t, n in runs for _ in range(n)]
+        S = rng.randint(1, len(times))
+        fast = layout_runs(runs, S)
+        assert stage_max_time(times, fast) == pytest.approx(stage_max_time(times, layout_dp(times, S)), rel=1e-5)

@@ -2,7 +2,8 @@
 
 Each matrix product costs max(FLOPs / (peak * efficiency(shape)), bytes / bandwidth);
 efficiency falls as a dimension shrinks (tensor parallelism divides n or k, small
-micro-batches shrink m). Non-matmul operators are memory-bound: bytes / bandwidth.
+micro-batches shrink m). A product that is memory-bound even at full efficiency
+(low arithmetic intensity: GEMV-like, skinny) runs at memory bandwidth. Non-matmul operators are memory-bound: bytes / bandwidth.
 Every operator launch adds a fixed overhead (eager dispatch; matters on CPUs and for
 tiny layers).
 """
@@ -42,9 +43,10 @@ def gemm_s(g: Gemm, b: int, tp: int, rate: DeviceRate, eff: Efficiency) -> float
     elif g.tp_split == "count":
         count = count / tp
     flops = 2.0 * m * n * k * count
-    compute = flops / (rate.flops * gemm_efficiency(m, n, k, eff))
     memory = count * (m * k + k * n + m * n) * rate.dtype_bytes / (rate.bandwidth_Bps * eff.memory_bandwidth)
-    return max(compute, memory)
+    if memory >= flops / (rate.flops * eff.gemm_max):
+        return memory  # memory-bound even at full efficiency: skinny (GEMV-like) kernels stream at bandwidth
+    return max(memory, flops / (rate.flops * gemm_efficiency(m, n, k, eff)))
 
 
 def memory_bound_s(nbytes: float, rate: DeviceRate, eff: Efficiency) -> float:

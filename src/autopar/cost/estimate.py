@@ -21,9 +21,9 @@ from autopar.cost.data_parallel import ddp_sync, local_sgd_sync, zero3_traffic_s
 from autopar.cost.efficiency import DEFAULT, Efficiency
 from autopar.cost.layers import LayerTable, layer_costs
 from autopar.cost.memory import bytes_per_param, microbatches_in_flight, model_state_bytes
-from autopar.cost.pipeline import layout_fast, schedule_time_s
+from autopar.cost.pipeline import layout_runs, schedule_time_s
 from autopar.cost.validity import check_strategy
-from autopar.profile.types import ModelProfile
+from autopar.profile.types import ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Optimizer, Precision, Recompute, Schedule, Sync
 from autopar.spec.recipe import Recipe
@@ -133,6 +133,14 @@ class CostModel:
         profile = profile or profile_recipe(recipe)
         return cls(profile, Workload.from_recipe(recipe, profile), cluster, eff)
 
+    def flops_per_sample(self, s: Strategy) -> float:
+        """Model FLOPs (forward + backward) per sample the strategy executes: a subnetwork
+        worker runs 1/n of its MLP layers."""
+        if not s.subnet:
+            return self.model_flops_per_sample
+        mlp = sum(x.forward_flops + x.backward_flops for x in self.stats if is_mlp_layer(x))
+        return self.model_flops_per_sample - mlp + mlp / s.dp
+
     # ----------------------------------------------------------- pieces
 
     def topology(self, s: Strategy) -> _Topology:
@@ -144,7 +152,7 @@ class CostModel:
 
     def rate(self, s: Strategy, used_per_node: int) -> DeviceRate:
         dev = self.cluster.device
-        flops = self.peak * s.threads
+        flops = self.peak * (1 + (s.threads - 1) * dev.thread_efficiency)
         bw = dev.memory_bandwidth_Bps * s.threads
         if dev.shared_memory:  # the node's processes share one memory bus
             processes = max(1, used_per_node // s.threads)
@@ -154,7 +162,8 @@ class CostModel:
 
     def table(self, s: Strategy, b: int, topo: _Topology, rate: DeviceRate) -> LayerTable:
         subnet_split = s.dp if s.subnet else 1
-        key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, s.data_partition, s.dp)
+        feature_split = s.dp if s.data_partition is DataPartition.FEATURES else 1
+        key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, feature_split, topo.dp if feature_split > 1 else None)
         table = self._tables.get(key)
         if table is None:
             table = self._build_table(s, b, topo, rate, subnet_split)
@@ -169,7 +178,7 @@ class CostModel:
             feature_layer = s.data_partition is DataPartition.FEATURES and i == 0
             key = (id(stats), feature_layer)
             if key not in by_stats:
-                if subnet_split > 1 and stats.tp_styles:  # each worker trains 1/n of the hidden units, no comm
+                if subnet_split > 1 and is_mlp_layer(stats):  # each worker trains 1/n of the hidden units
                     c = layer_costs(stats, b, subnet_split, False, s.recompute, rate, eff, lambda n: 0.0)
                 elif feature_layer:  # each rank multiplies its slice of the features; partial sums all-reduced
                     c = _feature_layer_costs(stats, b, s, rate, eff, lambda n: coll.all_reduce_s(n, topo.dp, cluster, eff))
@@ -186,9 +195,10 @@ class CostModel:
             return s.stages
         if chunks == 1:
             return (self.n_layers,)
-        key = (chunks, id(table))
+        ref = max(t for t, _ in table.runs) or 1.0
+        key = (chunks, tuple((round(t / ref, 4), n) for t, n in table.runs))  # shared by tables of the same shape
         if key not in self._layouts:
-            self._layouts[key] = layout_fast(table.times, chunks)
+            self._layouts[key] = layout_runs(table.runs, chunks)
         return self._layouts[key]
 
     # ---------------------------------------------------------- estimate
@@ -259,7 +269,7 @@ class CostModel:
         cl, eff = self.cluster, self.eff
         grads = slow.params * self.grad_bytes
         if s.subnet:
-            pair = sum(l.stats.params for l in self.profile.layers if l.stats.tp_styles)
+            pair = sum(l.stats.params for l in self.profile.layers if is_mlp_layer(l.stats))
             return local_sgd_sync(pair * self.param_bytes / s.dp, topo.dp, s.sync_every, cl, eff).exposed_s
         if s.sync is Sync.ASYNC:
             return local_sgd_sync(slow.params * 4, topo.dp, s.sync_every, cl, eff).exposed_s
@@ -270,8 +280,9 @@ class CostModel:
         gathers = 3 if s.recompute is Recompute.FULL else 2
         traffic = zero3_traffic_s(slow.params * self.param_bytes, grads, gathers, m, topo.dp, cl, eff)
         busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s)
-        first = coll.all_gather_s(slow.params * self.param_bytes / max(1, self.n_layers), topo.dp, cl, eff)
-        return max(0.0, traffic - busy) + first
+        layer = slow.params / max(1, self.n_layers)  # the first gather and the last reduce-scatter cannot hide
+        ends = coll.all_gather_s(layer * self.param_bytes, topo.dp, cl, eff) + coll.reduce_scatter_s(layer * self.grad_bytes, topo.dp, cl, eff)
+        return max(0.0, traffic - busy) + ends
 
     def _optimizer_s(self, s: Strategy, params: float, rate: DeviceRate) -> float:
         shard = params / (s.dp if s.zero >= 1 else 1)
@@ -322,7 +333,7 @@ class CostModel:
         capacity = dev.memory_bytes * s.threads
         fits = mem["total"] <= capacity
         reason = None if fits else f"needs {mem['total'] / GB:.3g} GB per device > {capacity / GB:.3g} GB"
-        flops = self.model_flops_per_sample * w.global_batch
+        flops = self.flops_per_sample(s) * w.global_batch
         tflops = flops / step / s.devices if step > 0 else 0.0
         factor = steps_factor(s.sync is Sync.ASYNC and s.dp > 1, s.sync_every,
                               s.threads if s.sync is Sync.ASYNC else 1, s.dp if s.subnet else 1)
@@ -379,7 +390,9 @@ def _feature_layer_costs(stats, b, s, rate, eff, all_reduce):
     from autopar.cost.layers import layer_costs as costs_of
 
     c = costs_of(stats, b, s.dp, False, s.recompute, rate, eff, lambda n: 0.0, split_params=False)
-    return replace(c, params=stats.params / s.dp, tp_forward_s=all_reduce(stats.output_bytes * b))
+    replicated_input = stats.input_bytes * b * (1 - 1 / s.dp)  # the Linear saves x: each rank keeps its columns
+    return replace(c, params=stats.params / s.dp, tp_forward_s=all_reduce(stats.output_bytes * b),
+                   activation_bytes=max(0.0, c.activation_bytes - replicated_input))
 
 
 def estimate(recipe: Recipe, cluster: Cluster, strategy: Strategy, profile: Optional[ModelProfile] = None) -> Estimate:

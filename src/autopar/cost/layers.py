@@ -10,6 +10,7 @@ one subtraction. Identical layers share one computation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Callable, Sequence
 
 from autopar.cost.compute import DeviceRate, layer_compute
@@ -80,10 +81,18 @@ class LayerTable:
 
     def __init__(self, costs: Sequence[LayerCosts]):
         self.costs = list(costs)
-        self.time = _prefix([c.time_s for c in costs])
-        self.prefix = {f: _prefix([getattr(c, f) for c in costs]) for f in FIELDS}
         self.times = [c.time_s for c in costs]
+        self.time = _prefix(self.times)
+        self.prefix = {f: _prefix([getattr(c, f) for c in costs]) for f in FIELDS}
         self.max_params = max((c.params for c in costs), default=0.0)
+        # runs of identical layers (as (cost, count)), for fast stage layouts
+        runs: list[list] = []
+        for c in self.costs:
+            if runs and runs[-1][0] is c:
+                runs[-1][1] += 1
+            else:
+                runs.append([c, 1])
+        self.runs = tuple((c.time_s, n) for c, n in runs)
 
     def range_sum(self, field: str, start: int, end: int) -> float:
         p = self.prefix[field]
@@ -97,7 +106,4 @@ class LayerTable:
 
 
 def _prefix(values: Sequence[float]) -> list[float]:
-    out = [0.0]
-    for v in values:
-        out.append(out[-1] + v)
-    return out
+    return list(accumulate(values, initial=0.0))

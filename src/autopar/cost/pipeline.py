@@ -109,6 +109,54 @@ def layout_brute_force(times: Sequence[float], stages: int, mem: Optional[MemFn]
     return best
 
 
+def layout_runs(runs: Sequence[tuple[float, int]], stages: int, rel_tol: float = 1e-5) -> Optional[tuple[int, ...]]:
+    """Time-only layout for layers given as runs of identical (time, count): the greedy
+    takes whole blocks of a run at once, so a test costs O(stages + runs), not O(L).
+    Same optimum as layout_fast (to rel_tol) when no memory cap applies."""
+    L = sum(n for _, n in runs)
+    if stages > L:
+        return None
+    total = sum(t * n for t, n in runs)
+    biggest = max(t for t, _ in runs)
+    lo = max(biggest, total / stages)
+    hi = min(total, total / stages + biggest) * (1 + 1e-12)  # greedy always succeeds at average + largest
+    best = _greedy_runs(runs, L, stages, hi)
+    while best is not None and hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        found = _greedy_runs(runs, L, stages, mid)
+        if found is None:
+            lo = mid
+        else:
+            hi, best = mid, found
+    return best
+
+
+def _greedy_runs(runs: Sequence[tuple[float, int]], L: int, stages: int, limit: float) -> Optional[tuple[int, ...]]:
+    counts: list[int] = []
+    r, used_in_run, taken = 0, 0, 0  # current run, layers of it already placed, layers placed
+    for i in range(stages):
+        room, size = limit, 0
+        last = L - taken - (stages - i - 1)  # layers this stage may take at most
+        while r < len(runs) and size < last:
+            t, n = runs[r]
+            avail = min(n - used_in_run, last - size)
+            k = avail if t <= 0 else min(avail, int(room / t * (1 + 1e-12)))
+            if k <= 0:
+                break
+            size += k
+            room -= k * t
+            used_in_run += k
+            if used_in_run == n:
+                r, used_in_run = r + 1, 0
+            else:
+                break
+        if size == 0:
+            return None
+        counts.append(size)
+        taken += size
+    return tuple(counts) if taken == L else None
+
+
 def stage_max_time(times: Sequence[float], counts: Sequence[int]) -> float:
     pre, start, worst = _prefix(times), 0, 0.0
     for c in counts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from autopar.errors import InputError
-from autopar.profile.types import ModelProfile
+from autopar.profile.types import ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
 from autopar.spec.strategy import Strategy
@@ -73,8 +73,8 @@ def _technique_problem(s: Strategy, profile: ModelProfile, cluster: Optional[Clu
             return "subnet=true partitions hidden units over dp workers: needs dp >= 2"
         if s.tp > 1 or s.pp > 1 or s.zero > 0:
             return "subnet=true combines only with dp"
-        if not any(l.stats.tp_styles for l in profile.layers):
-            return "subnet=true needs Linear pairs (MLP/FFN hidden units) to partition"
+        if not any(is_mlp_layer(l.stats) for l in profile.layers):
+            return "subnet=true needs MLP layers (Linear pairs without attention) whose hidden units it partitions"
     if s.threads > 1 and cluster is not None and not cluster.device.shared_memory:
         return f"threads({s.threads}) > 1 needs devices that share memory (CPU cores); {cluster.device.name} does not"
     if s.threads > 1 and (s.tp > 1 or s.pp > 1):

@@ -66,6 +66,12 @@ class LayerStats:
     has_core: bool  # a parameter-free attention core submodule exists (selective recompute applies)
 
 
+def is_mlp_layer(stats: LayerStats) -> bool:
+    """Only column/row-split Linears, no attention: hidden units independent subnetwork
+    training can partition (Yuan et al. 2022)."""
+    return bool(stats.tp_styles) and not stats.has_core and all(s in ("colwise", "rowwise") for _, s in stats.tp_styles)
+
+
 @dataclass(frozen=True)
 class LayerProfile:
     name: str  # module path, e.g. "layers.3"

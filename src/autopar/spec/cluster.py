@@ -30,6 +30,7 @@ class Device:
     source: str = ""
     shared_memory: bool = False  # the devices of a node share one memory (CPU cores)
     op_overhead_s: float = 5e-6  # fixed cost per operator launch (eager dispatch)
+    thread_efficiency: float = 1.0  # k threads in one process deliver 1 + (k-1) * this of one's FLOP/s
 
     def peak_flops_for(self, precision: Precision) -> float:
         try:
@@ -98,6 +99,7 @@ class DeviceSpec(_Spec):
     source: str = "user"
     shared_memory: bool = False
     op_overhead_us: Optional[PositiveFloat] = None
+    thread_efficiency: Optional[float] = None
 
 
 class LinkSpec(_Spec):
@@ -136,6 +138,7 @@ def device_preset(name: str, field_path: str = "cluster.device") -> Device:
         source=d["source"],
         shared_memory=bool(d.get("shared_memory", False)),
         op_overhead_s=d.get("op_overhead_us", 5.0) * 1e-6,
+        thread_efficiency=float(d.get("thread_efficiency", 1.0)),
     )
 
 
@@ -146,7 +149,8 @@ def _device(spec: Union[str, DeviceSpec]) -> Device:
     if not peaks:
         raise InputError("cluster.device.peak_tflops", {}, "give at least one of fp32, bf16, fp16 in TFLOP/s")
     overhead = (spec.op_overhead_us if spec.op_overhead_us is not None else (20.0 if spec.shared_memory else 5.0)) * 1e-6
-    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source, spec.shared_memory, overhead)
+    threads = spec.thread_efficiency if spec.thread_efficiency is not None else 1.0
+    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source, spec.shared_memory, overhead, threads)
 
 
 def _link(spec: LinkSpec) -> Link:
@@ -210,6 +214,7 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
             "memory_bandwidth_GBps": round(d.memory_bandwidth_Bps / GB, 3),
             "shared_memory": d.shared_memory,
             "op_overhead_us": round(d.op_overhead_s * 1e6, 3),
+            "thread_efficiency": round(d.thread_efficiency, 4),
             "source": d.source,
         },
         "nodes": cluster.nodes,

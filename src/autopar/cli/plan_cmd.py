@@ -1,0 +1,54 @@
+"""`autopar plan RECIPE`: the best plans, why they win, why each technique lost."""
+
+from __future__ import annotations
+
+from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
+from autopar.cli.tables import nbytes, seconds, table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="search every parallelization and rank the plans")
+    add_recipe_args(p)
+    p.add_argument("--top", type=int, default=5, metavar="K", help="plans to show (default 5)")
+    p.add_argument("--fix", metavar="KNOBS", help='pin knobs and search the rest, e.g. "tp=8,pp=16"')
+    p.add_argument("--objective", choices=("time", "throughput", "devices"), default="time",
+                   help="time to train (default), raw throughput, or device-time (cost)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from autopar.errors import InputError
+    from autopar.plan.planner import Objective, parse_fix, plan
+
+    recipe, cluster = load_inputs(args)
+    cluster = require_cluster(cluster)
+    if args.top < 1:
+        raise InputError("--top", args.top, "expected an integer >= 1")
+    fix = parse_fix(args.fix) if args.fix else None
+    result = plan(recipe, cluster, top_k=args.top, fix=fix, objective=Objective(args.objective))
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(render(result))
+    return 0
+
+
+def render(result) -> str:
+    cl = result.cluster
+    lines = [f"cluster: {cl.nodes} x {cl.devices_per_node} {cl.device.name} ({cl.devices} devices); "
+             f"searched {result.candidates} candidates in {result.seconds:.2f} s (profile {result.profile_seconds:.2f} s)"]
+    rows = []
+    for p in result.plans:
+        e = p.estimate
+        rows.append([p.rank, e.strategy.to_text(), e.devices_used, seconds(e.step_time_s), f"{e.throughput_samples_s:.4g}",
+                     nbytes(e.memory_per_device_bytes), f"{e.mfu:.1%}", seconds(e.time_to_train_s)])
+    lines.append(table(["#", "strategy", "devices", "step", "samples/s", "mem/device", "MFU", "time to train"], rows, "rlrrrrrr"))
+    best = result.plans[0]
+    lines.append(f"\nwhy plan 1: {best.explanation}")
+    b = best.estimate.time_breakdown_s
+    lines.append("  step breakdown: " + ", ".join(f"{k} {seconds(v)}" for k, v in b.items() if v > 0))
+    lines.append("\nwhy not the others:")
+    for r in result.rejected:
+        lines.append(f"  - {r.family}: {r.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""`plan(recipe, cluster)`: search the space, rank by time to train, explain.
+
+Search: structures from plan.space in order of decreasing device count; inside each,
+the knobs (micro-batch, schedule, sequence parallel, recompute, ZeRO stage). Three
+named prunings keep it fast without losing the optimum:
+  - bound: a structure whose lower-bound time (its busiest rank's compute and
+    tensor-parallel time, no bubble, no synchronisation) cannot beat both the K-th
+    best plan and its family's best is skipped;
+  - recompute-when-needed: recomputation is tried none, selective, full; the first
+    that fits without ZeRO ends the list (more recompute only adds work);
+  - micro-batch-when-needed: without a pipeline, smaller micro-batches only save
+    memory; once the largest fits without recompute, smaller ones are skipped.
+Every ZeRO stage is evaluated: sharding adds communication but also divides the
+optimizer step, so a higher stage can be faster.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from autopar.cost.estimate import CostModel, Estimate
+from autopar.cost.validity import strategy_problem
+from autopar.errors import InputError
+from autopar.plan import explain
+from autopar.plan.families import family_of
+from autopar.plan.space import SearchContext, microbatches, recomputes, schedules, sequence_parallel, structures, zero_stages
+from autopar.profile.types import ModelProfile
+from autopar.spec.cluster import Cluster
+from autopar.spec.enums import Recompute
+from autopar.spec.recipe import Recipe
+from autopar.spec.strategy import Strategy
+
+
+class Objective(str, Enum):
+    TIME = "time"  # time to train: steps x statistical-efficiency factor x step time
+    THROUGHPUT = "throughput"  # samples per second, ignoring statistical efficiency
+    DEVICES = "devices"  # device-seconds to train (cost)
+
+
+@dataclass(frozen=True)
+class Plan:
+    rank: int
+    estimate: Estimate
+    family: str
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.estimate.to_dict()
+        return {"rank": self.rank, "strategy": d["strategy"], "devices_used": d["devices_used"], "family": self.family,
+                "predicted": d["predicted"], "explanation": self.explanation}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    family: str
+    strategy: Optional[Strategy]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "strategy": self.strategy.to_dict() if self.strategy else None, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plans: tuple[Plan, ...]
+    rejected: tuple[Rejected, ...]
+    candidates: int
+    seconds: float
+    pruned: dict[str, int]
+    cluster: Cluster
+    profile_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plans": [p.to_dict() for p in self.plans], "rejected": [r.to_dict() for r in self.rejected],
+                "search": {"candidates": self.candidates, "seconds": self.seconds, "profile_seconds": self.profile_seconds,
+                           "pruned": self.pruned}}
+
+
+def score(e: Estimate, objective: Objective) -> float:
+    if objective is Objective.THROUGHPUT:
+        return e.step_time_s
+    if objective is Objective.DEVICES:
+        return e.time_to_train_s * e.devices_used
+    return e.time_to_train_s
+
+
+def rank_key(e: Estimate, objective: Objective) -> tuple:
+    """Fitting plans first; then the objective; ties to less memory, then fewer devices."""
+    return (not e.fits, round(score(e, objective), 9), e.memory_per_device_bytes, e.devices_used)
+
+
+@dataclass
+class _Search:
+    model: CostModel
+    ctx: SearchContext
+    objective: Objective
+    top_k: int
+    fixed: dict[str, Any]
+    best: list[Estimate] = field(default_factory=list)
+    family_best: dict[str, Estimate] = field(default_factory=dict)
+    family_smallest: dict[str, Estimate] = field(default_factory=dict)
+    candidates: int = 0
+    pruned: dict[str, int] = field(default_factory=dict)
+    family_bound: dict[str, float] = field(default_factory=dict)  # least lower bound of pruned structures (score)
+
+    def consider(self, s: Strategy) -> Optional[Estimate]:
+        if any(getattr(s, k) != v for k, v in self.fixed.items()):
+            return None
+        problem = strategy_problem(s, self.model.profile, self.ctx.global_batch, self.ctx.cluster)
+        if problem is not None:
+            self.pruned["invalid"] = self.pruned.get("invalid", 0) + 1
+            return None
+        e = self.model.estimate(s, check=False)
+        self.candidates += 1
+        fam = family_of(s)
+        key = rank_key(e, self.objective)
+        if fam not in self.family_best or key < rank_key(self.family_best[fam], self.objective):
+            self.family_best[fam] = e
+        if fam not in self.family_smallest or e.memory_per_device_bytes < self.family_smallest[fam].memory_per_device_bytes:
+            self.family_smallest[fam] = e
+        if e.fits:
+            self.best.append(e)
+            self.best.sort(key=lambda x: rank_key(x, self.objective))
+            del self.best[self.top_k * 4:]
+        return e
+
+    def threshold(self, fam_hint: Optional[str]) -> float:
+        kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
+        fam = self.family_best.get(fam_hint) if fam_hint else None
+        fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
+        return max(kth, fam_score)
+
+
+def _lower_bound(search: _Search, c: dict) -> float:
+    """A time no strategy of structure c can beat: its busiest rank's compute and
+    tensor-parallel time per sample at the most efficient micro-batch, times the samples
+    that rank must process (no bubble, no synchronisation, no memory limit)."""
+    m = search.model
+    ideal = m.model_flops_per_sample * search.ctx.global_batch / (c["devices"] * m.peak * m.eff.gemm_max)
+    if c["data_partition"].value == "samples" and not c["subnet"]:
+        b = microbatches(search.ctx, c)[0] if c["pp"] == 1 else min(16, microbatches(search.ctx, c)[0])
+        s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], threads=c["threads"], microbatch=b,
+                     sequence_parallel=c["tp"] > 1)
+        topo = m.topology(s)
+        table = m.table(s, b, topo, m.rate(s, topo.used_per_node))
+        per_sample = (table.time[-1] - sum(x.recompute_s for x in table.costs)) / b
+        ideal = max(ideal, per_sample * search.ctx.global_batch / (c["dp"] * c["pp"]))
+    steps = m.work.steps
+    if search.objective is Objective.THROUGHPUT:
+        return ideal
+    if search.objective is Objective.DEVICES:
+        return ideal * steps * c["devices"]
+    return ideal * steps
+
+
+def _search_structure(search: _Search, c: dict) -> None:
+    """Knobs inside one structure (see the module docstring for the prunings)."""
+    ctx = search.ctx
+    local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
+    for b in microbatches(ctx, c):
+        m = local // b
+        fitted_plain = False
+        for sched, v in schedules(ctx, c, m):
+            for sp in sequence_parallel(c):
+                for rc in recomputes(ctx):
+                    plain_fits = False
+                    for zero in zero_stages(c):
+                        s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None,
+                                     schedule=sched, virtual_stages=v, recompute=rc, sequence_parallel=sp,
+                                     data_partition=c["data_partition"], sync=c["sync"],
+                                     sync_every=4 if (c["sync"].value == "async" or c["subnet"]) else 1,
+                                     subnet=c["subnet"], threads=c["threads"])
+                        e = search.consider(s)
+                        plain_fits |= e is not None and e.fits and zero == 0
+                    if plain_fits:
+                        fitted_plain |= rc is Recompute.NONE
+                        search.pruned["recompute-when-needed"] = search.pruned.get("recompute-when-needed", 0) + 1
+                        break
+        if c["pp"] == 1 and fitted_plain:
+            search.pruned["micro-batch-when-needed"] = search.pruned.get("micro-batch-when-needed", 0) + 1
+            break
+
+
+def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Strategy | dict] = None,
+         objective: Objective = Objective.TIME, profile: Optional[ModelProfile] = None) -> PlanResult:
+    t_profile = time.perf_counter()
+    model = CostModel.for_recipe(recipe, cluster, profile)
+    t0 = time.perf_counter()
+    profile_s = t0 - t_profile
+    fixed = _fixed(fix)
+    ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, max_tp=2 * cluster.devices_per_node)
+    search = _Search(model, ctx, objective, top_k, fixed)
+    for c in structures(ctx, search.pruned):
+        if any(k in c and c[k] != v for k, v in fixed.items()):
+            continue
+        fam = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], sync=c["sync"], data_partition=c["data_partition"],
+                                 subnet=c["subnet"], threads=c["threads"]))
+        bound = _lower_bound(search, c)
+        if bound > search.threshold(fam):
+            search.pruned["bound"] = search.pruned.get("bound", 0) + 1
+            search.family_bound[fam] = min(bound, search.family_bound.get(fam, float("inf")))
+            continue
+        _search_structure(search, c)
+    seconds = time.perf_counter() - t0
+    if not search.best:
+        raise explain.nothing_fits(search.family_smallest, cluster, fixed)
+    plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, search.best[0]))
+                  for i, e in enumerate(search.best[:top_k]))
+    rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound)
+    return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s)
+
+
+def _fixed(fix: Optional[Strategy | dict]) -> dict[str, Any]:
+    if fix is None:
+        return {}
+    if isinstance(fix, Strategy):
+        neutral = Strategy()
+        return {k: getattr(fix, k) for k in fix.to_dict() if getattr(fix, k) != getattr(neutral, k)}
+    return dict(fix)
+
+
+def parse_fix(text: str) -> dict[str, Any]:
+    """--fix "tp=8,pp=16": the knobs named, parsed like a strategy, nothing else."""
+    keys = [item.partition("=")[0].strip() for item in text.split(",") if item.strip()]
+    s = Strategy.parse(text, field_path="--fix")
+    return {k: getattr(s, k) for k in keys}

@@ -1,0 +1,104 @@
+"""The planner rediscovers known-best plans."""
+
+import pytest
+
+from autopar.cost.estimate import CostModel
+from autopar.errors import InputError
+from autopar.plan.planner import plan
+from autopar.spec.cluster import parse_cluster
+from autopar.spec.enums import DataPartition, Sync
+from autopar.spec.recipe import parse_recipe
+from autopar.spec.strategy import Strategy
+
+
+def _recipe(model, batch, **training):
+    return parse_recipe({"model": model, "data": {"samples": 10**6}, "training": {"global_batch": batch, **training}})
+
+
+def _best(result) -> Strategy:
+    return result.plans[0].estimate.strategy
+
+
+def test_gpt_125m_on_one_node_is_plain_data_parallel():
+    recipe = _recipe({"family": "gpt", "layers": 12, "hidden": 768, "heads": 12, "seq_len": 2048, "vocab": 50257}, 256)
+    result = plan(recipe, parse_cluster({"preset": "dgx-a100-80gb", "nodes": 1}))
+    s = _best(result)
+    assert (s.tp, s.pp) == (1, 1) and s.dp == 8, s.to_text()
+    assert s.sync is Sync.SYNC and not s.subnet
+
+
+def test_tiny_mlp_on_a_slow_network_stays_on_one_device():
+    cluster = parse_cluster({"device": {"name": "gpu", "memory_GB": 16, "peak_tflops": {"fp32": 10}, "memory_bandwidth_GBps": 500},
+                             "nodes": 2, "devices_per_node": 1, "intra_node": {"bandwidth_GBps": 100},
+                             "inter_node": {"bandwidth_GBps": 0.1, "latency_us": 500}})
+    recipe = _recipe({"family": "mlp", "input_dim": 32, "widths": [64], "classes": 10}, 64, precision="fp32")
+    result = plan(recipe, cluster)
+    assert _best(result).devices == 1, _best(result).to_text()
+    reasons = {r.family: r.reason for r in result.rejected}
+    assert "x the time to train" in reasons["data parallel (DDP)"]
+
+
+def test_gpt3_175b_on_128_dgx_nodes_beats_megatrons_published_layout():
+    recipe = _recipe({"family": "gpt", "layers": 96, "hidden": 12288, "heads": 96, "seq_len": 2048, "vocab": 51200,
+                      "dropout": 0.1}, 1536, optimizer="adam", precision="bf16")
+    cluster = parse_cluster({"preset": "dgx-a100-80gb", "nodes": 128})
+    result = plan(recipe, cluster)
+    best = result.plans[0].estimate
+    assert best.strategy.tp <= 8 and best.fits and best.memory_per_device_bytes <= 80e9
+    model = CostModel.for_recipe(recipe, cluster)
+    published = [model.estimate(Strategy(dp=1024 // (8 * pp), tp=8, pp=pp, microbatch=1, recompute=r))
+                 for pp in (8, 16) for r in (Strategy().recompute.__class__("full"),)]
+    assert all(best.step_time_s <= p.step_time_s for p in published)
+    reasons = {r.family: r.reason for r in result.rejected}
+    assert reasons["data parallel (DDP)"].startswith("needs ") and "> 80 GB" in reasons["data parallel (DDP)"]
+
+
+def test_a_model_that_fits_only_when_sharded_gets_zero3():
+    """A 1.3B GPT in fp32 with Adam (16 B/param: 21 GB of states) on 8 x 16 GB GPUs over PCIe:
+    a replica does not fit, ZeRO-3 over 8 does; tensor parallelism would all-reduce
+    activations over slow links and a pipeline would idle in its bubble."""
+    cluster = parse_cluster({"preset": "v100-pcie-node", "device": {"name": "v100-16gb", "memory_GB": 16,
+                             "peak_tflops": {"fp32": 15.7, "fp16": 125}, "memory_bandwidth_GBps": 900}, "nodes": 1})
+    recipe = _recipe({"family": "gpt", "layers": 24, "hidden": 2048, "heads": 16, "seq_len": 1024, "vocab": 50257}, 64,
+                     precision="fp32", optimizer="adam")
+    result = plan(recipe, cluster)
+    s = _best(result)
+    assert s.zero == 3 and s.tp == 1 and s.pp == 1 and s.dp == 8, s.to_text()
+    reasons = {r.family: r.reason for r in result.rejected}
+    assert reasons["data parallel (DDP)"].startswith("needs ")
+
+
+def test_a_billion_input_features_are_partitioned_by_feature():
+    cluster = parse_cluster({"device": {"name": "gpu16", "memory_GB": 16, "peak_tflops": {"fp32": 15}, "memory_bandwidth_GBps": 900},
+                             "nodes": 4, "devices_per_node": 8, "intra_node": {"bandwidth_GBps": 150},
+                             "inter_node": {"bandwidth_GBps": 25}})
+    recipe = _recipe({"family": "wide_linear", "input_dim": 10**9, "hidden": 16, "classes": 2}, 32,
+                     precision="fp32", optimizer="sgd")
+    result = plan(recipe, cluster)
+    s = _best(result)
+    assert s.data_partition is DataPartition.FEATURES, s.to_text()
+
+
+def test_memory_bound_model_gets_the_roofline_thread_count_not_the_most():
+    """16 cores sharing 32 GB/s, 8 GB/s each: bandwidth saturates at 4 workers."""
+    cluster = parse_cluster({"device": {"name": "cpu16", "memory_GB": 4, "peak_tflops": {"fp32": 0.1}, "memory_bandwidth_GBps": 8,
+                                        "shared_memory": True, "op_overhead_us": 1},
+                             "nodes": 1, "devices_per_node": 16, "node_memory_bandwidth_GBps": 32,
+                             "intra_node": {"bandwidth_GBps": 5, "latency_us": 20}})
+    recipe = _recipe({"family": "mlp", "input_dim": 16, "widths": [16, 16, 16, 16], "classes": 16}, 65536,
+                     precision="fp32", optimizer="sgd")
+    result = plan(recipe, cluster)
+    s = _best(result)
+    assert s.threads == 4 and s.devices == 4, s.to_text()
+
+
+def test_fix_pins_knobs_and_nothing_fits_exits_with_the_need():
+    recipe = _recipe({"family": "gpt", "layers": 8, "hidden": 1024, "heads": 16, "seq_len": 512, "vocab": 8000}, 64)
+    cluster = parse_cluster({"preset": "dgx-a100-80gb", "nodes": 1})
+    result = plan(recipe, cluster, fix={"tp": 2, "pp": 2})
+    assert all(p.estimate.strategy.tp == 2 and p.estimate.strategy.pp == 2 for p in result.plans)
+    tiny = parse_cluster({"device": {"name": "small", "memory_GB": 0.01, "peak_tflops": {"bf16": 10}, "memory_bandwidth_GBps": 100},
+                          "nodes": 1, "devices_per_node": 2, "intra_node": {"bandwidth_GBps": 10}})
+    with pytest.raises(InputError) as err:
+        plan(recipe, tiny)
+    assert "fits nowhere" in str(err.value) and "per device >" in str(err.value)
