@@ -163,7 +163,13 @@ def user_loss(output: Any, target: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def synthetic_batch(mdef: ModelDef, batch: int, seed: int, device: str | torch.device = "cpu", float_dtype: torch.dtype = torch.float32):
-    """A deterministic batch shaped by the model's specs: (inputs tuple, target or None)."""
+    """A deterministic batch shaped by the model's specs: (inputs tuple, target or None).
+
+    Inputs are random (per seed). Targets are a fixed function of the inputs, so the loss
+    can fall: a token target is a fixed permutation of the input token; a class target is
+    the argmax of a fixed random projection of the first input's leading features.
+    Float targets of user modules are random.
+    """
     gen = torch.Generator().manual_seed(seed)
 
     def make(ts: TensorSpec) -> torch.Tensor:
@@ -175,4 +181,22 @@ def synthetic_batch(mdef: ModelDef, batch: int, seed: int, device: str | torch.d
         return torch.randint(0, ts.high, shape, generator=gen, dtype=torch.int64).to(device=device, dtype=ts.dtype)
 
     inputs = tuple(make(ts) for ts in mdef.inputs)
-    return inputs, (make(mdef.target) if mdef.target is not None else None)
+    if mdef.target is None:
+        return inputs, None
+    if str(device) == "meta" or mdef.target.is_float:
+        return inputs, make(mdef.target)
+    return inputs, _learnable_target(inputs[0], mdef.target).to(device)
+
+
+_TARGET_SEED = 1234  # fixed: the target function must not change with the batch seed
+
+
+def _learnable_target(x: torch.Tensor, ts: TensorSpec) -> torch.Tensor:
+    if not x.dtype.is_floating_point and tuple(x.shape[1:]) == ts.shape:  # tokens -> permuted tokens
+        perm = torch.randperm(ts.high, generator=torch.Generator().manual_seed(_TARGET_SEED))
+        return perm[x.cpu().clamp(max=ts.high - 1)].to(ts.dtype)
+    flat = x.detach().cpu().float().reshape(x.shape[0], -1)
+    k = min(64, flat.shape[1])
+    proj = torch.randn(k, ts.high, generator=torch.Generator().manual_seed(_TARGET_SEED))
+    labels = (flat[:, :k] @ proj).argmax(dim=1)
+    return labels.reshape((x.shape[0], *ts.shape)).to(ts.dtype)

@@ -47,6 +47,10 @@ class Plan:
     family: str
     explanation: str
 
+    @property
+    def strategy(self) -> Strategy:
+        return self.estimate.strategy
+
     def to_dict(self) -> dict[str, Any]:
         d = self.estimate.to_dict()
         return {"rank": self.rank, "strategy": d["strategy"], "devices_used": d["devices_used"], "family": self.family,
