@@ -3,9 +3,11 @@ with single-process training of the same recipe, computed here in plain PyTorch.
 
     torchrun --standalone --nproc-per-node N -m tests.runtime_helpers.equivalence CASES.json OUT.json
 
-CASES.json: [{"recipe": {...}, "steps": 3, "strategies": ["dp=2", ...]}, ...]
+CASES.json: [{"name": "gpt", "recipe": {...}, "steps": 3, "strategies": ["dp=2", ...], "mixed": false}, ...]
+("mixed": true trains in the recipe's precision; the reference is always float64)
 OUT.json (rank 0): one record per strategy: the runtime's losses, the reference's, the
-largest loss and parameter differences, and parameter names missing or unexpected.
+largest loss and parameter differences, parameter names missing or unexpected, and
+both final models' loss on the next, untrained batch (rank 0's view).
 A strategy that raises is recorded with its error and ends the run (the ranks may be
 out of step after it).
 """
@@ -51,9 +53,23 @@ def reference(recipe: Recipe, steps: int) -> tuple[list[float], dict[str, torch.
     return losses, params, {n for n, _ in model.named_parameters()}
 
 
-def compare(recipe: Recipe, text: str, steps: int, ref) -> dict:
+def eval_loss(recipe: Recipe, params: dict[str, torch.Tensor], step: int) -> float | None:
+    """Loss of a model with these parameters on step `step`'s batch (one not trained on);
+    None when this rank does not hold every parameter (pipeline stages)."""
+    mdef = build_model(recipe.model, CPU, DTYPE, recipe.training.seed)
+    with torch.no_grad():
+        for name, p in mdef.module.named_parameters():
+            if name not in params:
+                return None
+            p.copy_(params[name])
+        inputs, target = BatchSource(mdef, recipe, CPU, DTYPE).rows(step, 0, recipe.training.global_batch)
+        return mdef.loss(mdef.module(*inputs), target).item()
+
+
+def compare(recipe: Recipe, text: str, steps: int, ref, mixed: bool = False) -> dict:
+    """`mixed`: train in the recipe's precision (bf16/fp16 mixed) instead of float64."""
     ref_losses, ref_params, owned = ref
-    result = train(recipe, Strategy.parse(text), RunOptions(steps=steps, dtype=DTYPE), CPU)
+    result = train(recipe, Strategy.parse(text), RunOptions(steps=steps, dtype=None if mixed else DTYPE), CPU)
     params = result.trainer.full_parameters()
     diffs = [(p.to(DTYPE) - ref_params[n]).abs().max().item() for n, p in params.items() if n in ref_params]
     gathered = [None] * dist.get_world_size()
@@ -69,6 +85,8 @@ def compare(recipe: Recipe, text: str, steps: int, ref) -> dict:
         "missing": sorted(owned - names),
         "unexpected": sorted(names - set(ref_params)),
         "peak_memory_bytes": result.peak_memory_bytes,
+        "eval_loss": eval_loss(recipe, params, steps),
+        "reference_eval_loss": eval_loss(recipe, ref_params, steps),
     }
 
 
@@ -81,11 +99,12 @@ def main(cases_path: str, out_path: str) -> None:
             recipe, steps = parse_recipe(case["recipe"]), case.get("steps", 3)
             ref = reference(recipe, steps)
             for text in case["strategies"]:
-                records.append({"strategy": text})
-                records[-1] = compare(recipe, text, steps, ref)
+                records.append({"case": case.get("name"), "strategy": text})
+                records[-1].update(compare(recipe, text, steps, ref, case.get("mixed", False)))
     except Exception as err:  # noqa: BLE001 - record it and stop: the ranks may be out of step
         traceback.print_exc()
-        records.append({**(records.pop() if records else {"strategy": "<setup>"}), "error": f"{type(err).__name__}: {err}"})
+        records = records or [{"case": None, "strategy": "<setup>"}]
+        records[-1]["error"] = f"{type(err).__name__}: {err}"
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(records, f, indent=1)

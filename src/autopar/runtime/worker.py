@@ -30,7 +30,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--recipe", required=True)
     p.add_argument("--strategy", required=True)
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--cluster", help="cluster YAML for the prediction (default: the recipe's, else cpu-local)")
+    p.add_argument("--cluster", help="cluster YAML for the prediction (default: the recipe's, else cpu-local shaped like the run)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="train entirely in this dtype (tests: float64)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", help="also write the JSON report to this file")
@@ -45,19 +45,24 @@ def pick_device() -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def cluster_for(recipe: Recipe, path: Optional[str]):
+def cluster_for(recipe: Recipe, strategy: Strategy, path: Optional[str]):
+    """The cluster to predict for: --cluster, else the recipe's, else the cpu-local preset
+    shaped like this run (torchrun's nodes, the strategy's devices per node)."""
     from autopar.spec.cluster import parse_cluster
 
     if path:
         return parse_cluster(load_yaml(path, "--cluster"))
-    return parse_cluster(recipe.cluster if recipe.cluster is not None else {"preset": "cpu-local", "nodes": 1})
+    if recipe.cluster is not None:
+        return parse_cluster(recipe.cluster)
+    nnodes = int(os.environ.get("WORLD_SIZE", "1")) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return parse_cluster({"preset": "cpu-local", "nodes": nnodes, "devices_per_node": max(1, strategy.devices // nnodes)})
 
 
 def prediction_for(recipe: Recipe, strategy: Strategy, cluster_path: Optional[str]) -> Optional[Any]:
     from autopar.runtime.report import predict
 
     try:
-        return predict(recipe, cluster_for(recipe, cluster_path), strategy)
+        return predict(recipe, cluster_for(recipe, strategy, cluster_path), strategy)
     except InputError as err:
         print(f"autopar: no prediction for this strategy: {err}", file=sys.stderr)
         return None
