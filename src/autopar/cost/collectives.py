@@ -50,16 +50,17 @@ class Link:
 
     bandwidth_Bps: float
     latency_steps_s: float  # latency of one pass (ring inside, tree across)
+    gather_factor: float = 1.0  # all-gather / reduce-scatter slowdown per byte
 
 
 def group_link(p: Placement, cluster: Cluster, eff: Efficiency) -> Link:
     intra_bw = cluster.intra_node.bandwidth_Bps * eff.collective_intra
     intra_lat = (p.per_node - 1) * cluster.intra_node.latency_s
     if p.nodes == 1:
-        return Link(intra_bw, intra_lat)
+        return Link(intra_bw, intra_lat, cluster.intra_node.gather_factor)
     inter_bw = cluster.inter_node.bandwidth_Bps * eff.collective_inter / p.nic_share
     inter_lat = math.ceil(math.log2(p.nodes)) * cluster.inter_node.latency_s
-    return Link(min(intra_bw, inter_bw), intra_lat + inter_lat)
+    return Link(min(intra_bw, inter_bw), intra_lat + inter_lat, max(cluster.intra_node.gather_factor, cluster.inter_node.gather_factor))
 
 
 def all_reduce_s(nbytes: float, p: Placement, cluster: Cluster, eff: Efficiency) -> float:
@@ -75,7 +76,7 @@ def reduce_scatter_s(nbytes: float, p: Placement, cluster: Cluster, eff: Efficie
     if p.size <= 1 or nbytes <= 0:
         return 0.0
     link = group_link(p, cluster, eff)
-    return (p.size - 1) / p.size * nbytes / link.bandwidth_Bps + link.latency_steps_s
+    return (p.size - 1) / p.size * nbytes * link.gather_factor / link.bandwidth_Bps + link.latency_steps_s
 
 
 all_gather_s = reduce_scatter_s  # same volume and steps, data flowing the other way

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from autopar.errors import InputError, from_pydantic
 from autopar.spec.enums import Precision
@@ -48,6 +48,7 @@ class Link:
 
     bandwidth_Bps: float
     latency_s: float
+    gather_factor: float = 1.0  # all-gather / reduce-scatter run this much slower per byte than ring theory (gloo: ~3-4)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class DeviceSpec(_Spec):
 
 class LinkSpec(_Spec):
     bandwidth_GBps: PositiveFloat
-    latency_us: float = 5.0
+    latency_us: Annotated[float, Field(ge=0)] = 5.0
+    gather_factor: Annotated[float, Field(ge=1.0)] = 1.0
 
 
 class ClusterSpec(_Spec):
@@ -154,7 +156,7 @@ def _device(spec: Union[str, DeviceSpec]) -> Device:
 
 
 def _link(spec: LinkSpec) -> Link:
-    return Link(bandwidth_Bps=spec.bandwidth_GBps * GB, latency_s=spec.latency_us * 1e-6)
+    return Link(bandwidth_Bps=spec.bandwidth_GBps * GB, latency_s=spec.latency_us * 1e-6, gather_factor=spec.gather_factor)
 
 
 def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
@@ -219,9 +221,16 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
         },
         "nodes": cluster.nodes,
         "devices_per_node": cluster.devices_per_node,
-        "intra_node": {"bandwidth_GBps": round(cluster.intra_node.bandwidth_Bps / GB, 4), "latency_us": round(cluster.intra_node.latency_s * 1e6, 2)},
-        "inter_node": {"bandwidth_GBps": round(cluster.inter_node.bandwidth_Bps / GB, 4), "latency_us": round(cluster.inter_node.latency_s * 1e6, 2)},
+        "intra_node": _link_dict(cluster.intra_node),
+        "inter_node": _link_dict(cluster.inter_node),
         "host_memory_GB": round(cluster.host_memory_bytes / GB, 3),
         **({"node_memory_bandwidth_GBps": round(cluster.node_memory_bandwidth_Bps / GB, 3)} if cluster.node_memory_bandwidth_Bps else {}),
         "source": cluster.source,
     }
+
+
+def _link_dict(link: Link) -> dict[str, Any]:
+    out = {"bandwidth_GBps": round(link.bandwidth_Bps / GB, 4), "latency_us": round(link.latency_s * 1e6, 2)}
+    if link.gather_factor != 1.0:
+        out["gather_factor"] = round(link.gather_factor, 3)
+    return out

@@ -1,0 +1,1 @@
+"""Measure this machine as a cluster (`autopar calibrate`): compute, memory, collectives."""
