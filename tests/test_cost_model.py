@@ -34,11 +34,17 @@ def test_dp_all_reduce_is_ring_volume_over_bandwidth_plus_latency():
 
 def test_one_f_one_b_bubble_is_p_minus_1_over_m_of_the_work():
     t_f, t_b, p, m = 0.3, 0.6, 4, 16
-    total, bubble = schedule_time_s([t_f + t_b] * p, m, virtual=1)
+    total, bubble = schedule_time_s(t_f + t_b, p * (t_f + t_b), p, m, virtual=1)
     assert bubble == pytest.approx((p - 1) / m * (m * (t_f + t_b)))
     assert total == pytest.approx((m + p - 1) * (t_f + t_b))
-    _, interleaved = schedule_time_s([t_f + t_b] * p, m, virtual=2)
+    _, interleaved = schedule_time_s(t_f + t_b, p * (t_f + t_b), p, m, virtual=2)
     assert interleaved == pytest.approx(bubble / 2)
+    # end to end: a balanced 4-stage pipeline of identical blocks pays that bubble
+    recipe = _gpt(layers=8, batch=16)
+    model = CostModel.for_recipe(recipe, DGX)
+    e = model.estimate(Strategy(pp=4, microbatch=1))
+    per_microbatch = (e.time_breakdown_s["compute"] + e.time_breakdown_s["pp_comm"]) / 16
+    assert e.time_breakdown_s["bubble"] == pytest.approx(3 * per_microbatch, rel=0.35)  # embed/head make stages uneven
 
 
 def test_zero_memory_matches_the_papers_formulas():

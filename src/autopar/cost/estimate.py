@@ -124,7 +124,9 @@ class CostModel:
         self.param_bytes, self.grad_bytes, self.state_bytes = bytes_per_param(work.optimizer, work.precision)
         self._tables: dict[tuple, LayerTable] = {}
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
-        self._ranks: dict[tuple, list[_Rank]] = {}
+        self._ranks: dict[tuple, _RankSet] = {}
+        self._flights: dict[tuple, tuple[float, ...]] = {}
+        self._layout_of: dict[tuple, Optional[tuple[int, ...]]] = {}
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
@@ -195,11 +197,15 @@ class CostModel:
             return s.stages
         if chunks == 1:
             return (self.n_layers,)
-        ref = max(t for t, _ in table.runs) or 1.0
-        key = (chunks, tuple((round(t / ref, 4), n) for t, n in table.runs))  # shared by tables of the same shape
-        if key not in self._layouts:
-            self._layouts[key] = layout_runs(table.runs, chunks)
-        return self._layouts[key]
+        direct = (id(table), chunks)
+        found = self._layout_of.get(direct)
+        if found is None:
+            ref = max(t for t, _ in table.runs) or 1.0
+            key = (chunks, tuple((round(t / ref, 4), n) for t, n in table.runs))  # shared by tables of the same shape
+            if key not in self._layouts:
+                self._layouts[key] = layout_runs(table.runs, chunks)
+            found = self._layout_of[direct] = self._layouts[key]
+        return found
 
     # ---------------------------------------------------------- estimate
 
@@ -215,9 +221,9 @@ class CostModel:
         rate = self.rate(s, topo.used_per_node)
         table = self.table(s, b, topo, rate)
         counts = self.layout(s, table)
-        ranks = self.ranks(s, table, counts, topo)
-        pipe_s, bubble_s = schedule_time_s([r.time_s for r in ranks], m, s.virtual_stages)
-        slow = max(ranks, key=lambda r: r.time_s)
+        rs = self.ranks(s, table, counts, topo)
+        ranks, slow = rs.ranks, rs.slow
+        pipe_s, bubble_s = schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages)
         breakdown = {
             "compute": m * slow.compute_s,
             "recompute": m * slow.recompute_s,
@@ -225,18 +231,19 @@ class CostModel:
             "pp_comm": m * slow.p2p_s,
             "bubble": bubble_s,
             "dp_comm": self._sync(s, slow, m, topo, rate),
-            "optimizer": self._optimizer_s(s, max(r.params for r in ranks), rate),
+            "optimizer": self._optimizer_s(s, rs.max_params, rate),
             "data": self._data_s(s, pipe_s),
         }
         step = sum(breakdown.values())
         return self._assemble(s, step, breakdown, self._memory(s, ranks, m, table), counts)
 
-    def ranks(self, s: Strategy, table: LayerTable, counts: tuple[int, ...], topo: _Topology) -> list["_Rank"]:
+    def ranks(self, s: Strategy, table: LayerTable, counts: tuple[int, ...], topo: _Topology) -> "_RankSet":
         """Per pipeline rank: one micro-batch's time by kind, parameters and activations (cached)."""
         key = (id(table), counts, s.pp, s.virtual_stages, topo.pp_crosses_nodes, topo.used_per_node, s.tp, s.sequence_parallel)
         found = self._ranks.get(key)
         if found is None:
-            found = [self._rank(s, table, chunks, topo) for chunks in _rank_ranges(counts, s.pp, s.virtual_stages)]
+            ranks = [self._rank(s, table, chunks, topo) for chunks in _rank_ranges(counts, s.pp, s.virtual_stages)]
+            found = _RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks), max(r.params for r in ranks))
             self._ranks[key] = found
         return found
 
@@ -256,7 +263,7 @@ class CostModel:
             if s.tp > 1 and not s.sequence_parallel:  # re-assemble the scattered activation
                 p2p += sends * coll.all_gather_s(nbytes * s.tp, topo.tp, self.cluster, self.eff)
         return _Rank(
-            compute_s=f, recompute_s=rc, tp_s=tp, p2p_s=p2p, backward_s=bwd,
+            compute_s=f, recompute_s=rc, tp_s=tp, p2p_s=p2p, backward_s=bwd, time_s=f + rc + tp + p2p,
             params=sum(rs("params", a, e) for a, e in chunks),
             activation_bytes=sum(rs("activation_bytes", a, e) for a, e in chunks),
             working_bytes=max(table.max_working(a, e) for a, e in chunks),
@@ -308,10 +315,10 @@ class CostModel:
         p, g, k = self.param_bytes, self.grad_bytes, self.state_bytes
         z = s.zero
         per_param = p / (dp_shard if z >= 3 else 1) + g / (dp_shard if z >= 2 else 1) + k / (dp_shard if z >= 1 else 1)
+        flights = self._in_flight(s, m)
         best, best_r = -1.0, 0
         for r, rank in enumerate(ranks):
-            inflight = microbatches_in_flight(s.schedule.value, r, s.pp, m, s.virtual_stages)
-            total = rank.params * per_param + rank.activation_bytes * inflight + rank.working_bytes + 2 * rank.boundary_bytes
+            total = rank.params * per_param + rank.activation_bytes * flights[r] + rank.working_bytes + 2 * rank.boundary_bytes
             if total > best:
                 best, best_r = total, r
         rank = ranks[best_r]
@@ -321,12 +328,20 @@ class CostModel:
             buffers += 2 * 25e6  # DDP buckets in flight
         if z >= 3:  # a layer's gathered parameters, and the next one prefetched
             buffers += 2 * table.max_params * self.param_bytes
-        inflight = microbatches_in_flight(s.schedule.value, best_r, s.pp, m, s.virtual_stages)
+        inflight = flights[best_r]
         out = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
                "activations": rank.activation_bytes * inflight + rank.working_bytes, "buffers": buffers,
                "reserve": FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]}
         out["total"] = sum(out.values())
         return out
+
+    def _in_flight(self, s: Strategy, m: int) -> tuple[float, ...]:
+        key = (s.schedule, s.pp, m, s.virtual_stages)
+        found = self._flights.get(key)
+        if found is None:
+            found = tuple(microbatches_in_flight(s.schedule.value, r, s.pp, m, s.virtual_stages) for r in range(s.pp))
+            self._flights[key] = found
+        return found
 
     def _assemble(self, s: Strategy, step: float, breakdown: dict[str, float], mem: dict[str, float], counts) -> Estimate:
         w, dev = self.work, self.cluster.device
@@ -367,10 +382,15 @@ class _Rank:
     activation_bytes: float  # one micro-batch, all chunks of the rank
     working_bytes: float
     boundary_bytes: float
+    time_s: float  # one micro-batch through the rank: compute + recompute + tp + p2p
 
-    @property
-    def time_s(self) -> float:
-        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s
+
+@dataclass(frozen=True)
+class _RankSet:
+    ranks: list[_Rank]
+    slow: _Rank  # the rank that sets the pipeline's pace
+    time_sum: float
+    max_params: float
 
 
 def _rank_ranges(counts: tuple[int, ...], pp: int, virtual: int) -> list[list[tuple[int, int]]]:
