@@ -111,8 +111,8 @@ def test_invalid_strategies_name_the_arithmetic():
         "dp=64,tp=1": "dp(64) * tp(1) * pp(1) * threads(1) = 64 > devices(32)",
         "dp=3": "global_batch(8) % dp(3) = 2",
         "tp=3": "tp(3) must divide",
-        "pp=8": "pp(8) * virtual_stages(1) = 8 > layers(4)",
-        "sync=async,pp=2,dp=2": "needs tp=1, pp=1",
+        "pp=8": "pp(8) * virtual_stages(1) = 8 > layers(2)",
+        "sync=async,pp=2,dp=2,microbatch=2": "needs tp=1, pp=1",
         "threads=2": "needs devices that share memory",
     }
     for text, message in cases.items():

@@ -191,19 +191,23 @@ class CostModel:
             costs.append(by_stats[key])
         return LayerTable(costs)
 
-    def layout(self, s: Strategy, table: LayerTable) -> tuple[int, ...]:
+    def layout(self, s: Strategy, table: LayerTable) -> Optional[tuple[int, ...]]:
+        """Blocks of the `layers` stack per pipeline chunk (None without a pipeline):
+        given by the strategy, else balanced by time with the embedding riding on the
+        first block and the head on the last."""
         chunks = s.pp * s.virtual_stages
+        if chunks == 1:
+            return None
         if s.stages is not None:
             return s.stages
-        if chunks == 1:
-            return (self.n_layers,)
         direct = (id(table), chunks)
         found = self._layout_of.get(direct)
         if found is None:
-            ref = max(t for t, _ in table.runs) or 1.0
-            key = (chunks, tuple((round(t / ref, 4), n) for t, n in table.runs))  # shared by tables of the same shape
+            runs = _block_runs(table.times, self.profile.stack)
+            ref = max(t for t, _ in runs) or 1.0
+            key = (chunks, tuple((round(t / ref, 4), n) for t, n in runs))  # shared by tables of the same shape
             if key not in self._layouts:
-                self._layouts[key] = layout_runs(table.runs, chunks)
+                self._layouts[key] = layout_runs(runs, chunks)
             found = self._layout_of[direct] = self._layouts[key]
         return found
 
@@ -242,7 +246,8 @@ class CostModel:
         key = (id(table), counts, s.pp, s.virtual_stages, topo.pp_crosses_nodes, topo.used_per_node, s.tp, s.sequence_parallel)
         found = self._ranks.get(key)
         if found is None:
-            ranks = [self._rank(s, table, chunks, topo) for chunks in _rank_ranges(counts, s.pp, s.virtual_stages)]
+            ranges = _rank_ranges(counts, s.pp, s.virtual_stages, self.profile.stack, self.n_layers)
+            ranks = [self._rank(s, table, chunks, topo) for chunks in ranges]
             found = _RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks), max(r.params for r in ranks))
             self._ranks[key] = found
         return found
@@ -367,7 +372,7 @@ class CostModel:
             mfu=tflops / (self.peak / s.threads * s.threads) if self.peak else 0.0,
             steps_factor=factor,
             time_to_train_s=w.steps * factor * step,
-            stages=counts if s.pp > 1 else None,
+            stages=counts,
         )
 
 
@@ -393,13 +398,36 @@ class _RankSet:
     max_params: float
 
 
-def _rank_ranges(counts: tuple[int, ...], pp: int, virtual: int) -> list[list[tuple[int, int]]]:
-    """Layer ranges [start, end) of each pipeline rank; rank r holds chunks r, r + pp, ..."""
+def _rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, stack: Optional[tuple[int, int]],
+                 n_layers: int) -> list[list[tuple[int, int]]]:
+    """Layer ranges [start, end) of each pipeline rank; rank r holds chunks r, r + pp, ...
+    `counts` are blocks per chunk; layers before the stack join the first chunk, after it the last."""
+    if counts is None:
+        return [[(0, n_layers)]]
+    offset = stack[0] if stack else 0
     bounds, start = [], 0
     for c in counts:
-        bounds.append((start, start + c))
+        bounds.append((start + offset, start + offset + c))
         start += c
+    bounds[0] = (0, bounds[0][1])
+    bounds[-1] = (bounds[-1][0], n_layers)
     return [[bounds[r + pp * k] for k in range(virtual)] for r in range(pp)]
+
+
+def _block_runs(times: list[float], stack: Optional[tuple[int, int]]) -> list[tuple[float, int]]:
+    """Per-block times as runs of equal values, the layers around the stack folded into
+    its first and last block."""
+    start, count = stack if stack else (0, len(times))
+    blocks = list(times[start:start + count])
+    blocks[0] += sum(times[:start])
+    blocks[-1] += sum(times[start + count:])
+    runs: list[list] = []
+    for t in blocks:
+        if runs and runs[-1][0] == t:
+            runs[-1][1] += 1
+        else:
+            runs.append([t, 1])
+    return [(t, n) for t, n in runs]
 
 
 def _feature_layer_costs(stats, b, s, rate, eff, all_reduce):

@@ -17,7 +17,7 @@ class InvalidStrategy(InputError):
 
 def strategy_problem(s: Strategy, profile: ModelProfile, global_batch: int, cluster: Optional[Cluster]) -> Optional[str]:
     """The first reason `s` is invalid, or None. Pure; the planner's predicates use it too."""
-    layers = len(profile.layers)
+    blocks = profile.pipeline_blocks
     if cluster is not None and s.devices > cluster.devices:
         return f"dp({s.dp}) * tp({s.tp}) * pp({s.pp}) * threads({s.threads}) = {s.devices} > devices({cluster.devices})"
     if global_batch % s.dp:
@@ -32,21 +32,25 @@ def strategy_problem(s: Strategy, profile: ModelProfile, global_batch: int, clus
         if bad:
             return f"tp({s.tp}) must divide every tensor-parallel width {list(profile.tp_units)} (heads, kv heads, hidden widths); {bad[0]} % {s.tp} = {bad[0] % s.tp}"
     chunks = s.pp * s.virtual_stages
-    if chunks > layers:
-        return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {chunks} > layers({layers})"
+    if chunks > 1 and not blocks:
+        return f"pp({s.pp}): pipelining cuts the model's `layers` ModuleList; {profile.model} has none"
+    if chunks > blocks and chunks > 1:
+        return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {chunks} > layers({blocks})"
     if s.virtual_stages > 1 and s.schedule is not Schedule.INTERLEAVED:
         return f"virtual_stages({s.virtual_stages}) > 1 needs schedule=interleaved, got {s.schedule.value}"
     if s.schedule is Schedule.INTERLEAVED and s.pp > 1 and s.virtual_stages < 2:
         return "schedule=interleaved needs virtual_stages >= 2"
     if s.pp > 1:
         m = s.num_microbatches(global_batch)
+        if s.schedule is not Schedule.GPIPE and m < s.pp:  # torch.distributed.pipelining's 1F1B needs it
+            return f"schedule {s.schedule.value} needs num_microbatches({m}) >= pp({s.pp}); lower microbatch or use gpipe"
         if s.schedule is Schedule.INTERLEAVED and m % s.pp:
             return f"interleaved schedule: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
     if s.stages is not None:
         if len(s.stages) != chunks:
             return f"stages lists {len(s.stages)} stages, but pp({s.pp}) * virtual_stages({s.virtual_stages}) = {chunks}"
-        if sum(s.stages) != layers:
-            return f"stages sum to {sum(s.stages)} layers, the model has {layers} ({' + '.join(map(str, s.stages))} != {layers})"
+        if sum(s.stages) != blocks:
+            return f"stages sum to {sum(s.stages)} layers, the model has {blocks} ({' + '.join(map(str, s.stages))} != {blocks})"
     if s.sequence_parallel and s.tp == 1:
         return "sequence_parallel needs tp > 1"
     if s.recompute is Recompute.SELECTIVE and not any(l.stats.has_core for l in profile.layers):

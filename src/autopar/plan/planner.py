@@ -211,10 +211,20 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     seconds = time.perf_counter() - t0
     if not search.best:
         raise explain.nothing_fits(search.family_smallest, cluster, fixed)
-    plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, search.best[0]))
-                  for i, e in enumerate(search.best[:top_k]))
+    chosen = [_with_layout(e) for e in search.best[:top_k]]
+    plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, chosen[0]))
+                  for i, e in enumerate(chosen))
     rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound)
     return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s)
+
+
+def _with_layout(e: Estimate) -> Estimate:
+    """Write the stage layout the cost model balanced into the plan, so it runs as predicted."""
+    from dataclasses import replace
+
+    if e.stages is None or e.strategy.stages is not None:
+        return e
+    return replace(e, strategy=replace(e.strategy, stages=e.stages))
 
 
 def _fixed(fix: Optional[Strategy | dict]) -> dict[str, Any]:

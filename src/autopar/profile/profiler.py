@@ -310,7 +310,20 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         feature_dim=_feature_dim(root, mdef.feature_layer),
         profiled_batch=batch,
         notes=tuple(notes),
+        stack=_stack(root, [p.name for p in profiles]),
     )
+
+
+def _stack(root: nn.Module, names: list[str]) -> Optional[tuple[int, int]]:
+    """Where the root's `layers` ModuleList sits in the profiled order, if contiguous."""
+    blocks = getattr(root, "layers", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        return None
+    wanted = [f"layers.{i}" for i in range(len(blocks))]
+    if wanted[0] not in names:
+        return None
+    start = names.index(wanted[0])
+    return (start, len(blocks)) if names[start:start + len(blocks)] == wanted else None
 
 
 def _idle_stats(layer: nn.Module) -> LayerStats:

@@ -7,7 +7,7 @@ All byte and FLOP figures are per input sample, measured in the profiling dtype
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,15 @@ class ModelProfile:
     feature_dim: int | None = None  # input features of the feature-partitioned Linear
     profiled_batch: int = 1
     notes: tuple[str, ...] = ()
+    # The repeated blocks a pipeline cuts between: layers[start:start+count] are the
+    # entries of the root's `layers` ModuleList; layers before them ride with the first
+    # stage, layers after them with the last (as Megatron-LM and torchtitan place the
+    # embedding and the head). None: the model has no such list and cannot be pipelined.
+    stack: Optional[tuple[int, int]] = None
+
+    @property
+    def pipeline_blocks(self) -> int:
+        return self.stack[1] if self.stack else 0
 
     @property
     def forward_flops(self) -> float:

@@ -121,7 +121,7 @@ def check_run(run: dict[str, Any], eff=None) -> Optional[RunCheck]:
     kwargs = {"eff": eff} if eff is not None else {}
     model = CostModel.for_recipe(recipe, cluster, profile, **kwargs)
     best = None
-    for s, chosen in candidate_strategies(run, len(profile.layers)):
+    for s, chosen in candidate_strategies(run, profile.pipeline_blocks):
         from autopar.cost.validity import strategy_problem
 
         if strategy_problem(s, profile, recipe.training.global_batch, cluster):
