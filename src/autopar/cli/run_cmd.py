@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if steps < 1:
         raise InputError("--steps", steps, "expected an integer >= 1")
     nproc = args.nproc if args.nproc is not None else max(1, strategy.devices // rdzv.nnodes)
-    preflight(recipe, strategy, nproc, rdzv)
+    preflight(recipe, strategy, nproc, rdzv.nnodes)
     worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json)
     if args.print_command:
         print(printable(strategy, rdzv, worker))

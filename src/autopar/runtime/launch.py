@@ -98,7 +98,7 @@ def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
     return 0
 
 
-def preflight(recipe, strategy: Strategy, nproc: int, rdzv: Rendezvous) -> None:
+def preflight(recipe, strategy: Strategy, nproc: int, nnodes: int) -> None:
     """Every check that needs no process: strategy vs model (built on meta), devices, loader import."""
     from autopar.models import build_model
     from autopar.runtime import checks
@@ -106,6 +106,6 @@ def preflight(recipe, strategy: Strategy, nproc: int, rdzv: Rendezvous) -> None:
 
     mdef = build_model(recipe.model, "meta")
     facts = checks.model_facts(mdef, recipe.model)
-    launch_facts = checks.Launch(nproc=nproc, nnodes=rdzv.nnodes)
+    launch_facts = checks.Launch(nproc=nproc, nnodes=nnodes)
     checks.validate(strategy, facts, recipe.training.global_batch, recipe.training.precision, launch_facts)
     load_loader(recipe)

@@ -86,7 +86,7 @@ class StandardTrainer:
         self.par = parallelize(mdef, s, ctx, recipe.training, precision)
         self.applied = self.par.applied
         self.scaler = precision.grad_scaler()
-        self.n_micro = s.num_microbatches(recipe.training.global_batch)
+        self.n_micro = num_microbatches(s, recipe.training.global_batch)
         self.after_step = []
         if s.is_async:
             self.after_step.append(apply_local_sgd(self.par.chunks[0].module, s.sync_every, steps, dp_group(ctx.mesh, ctx.dims)))
@@ -161,6 +161,13 @@ class StandardTrainer:
                 gather = self.par.gatherers.get(name)
                 out[name] = gather(p) if gather else full_tensor(p)
         return out
+
+
+def num_microbatches(s: Strategy, global_batch: int) -> int:
+    """Micro-batches per step on one rank; with data_partition=features every rank sees the whole batch."""
+    if s.data_partition is DataPartition.FEATURES:
+        return global_batch // (s.microbatch or global_batch)
+    return s.num_microbatches(global_batch)
 
 
 def full_tensor(p: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,10 @@ def pick_device() -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
+def torchrun_nodes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1")) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def cluster_for(recipe: Recipe, strategy: Strategy, path: Optional[str]):
     """The cluster to predict for: --cluster, else the recipe's, else the cpu-local preset
     shaped like this run (torchrun's nodes, the strategy's devices per node)."""
@@ -54,7 +58,7 @@ def cluster_for(recipe: Recipe, strategy: Strategy, path: Optional[str]):
         return parse_cluster(load_yaml(path, "--cluster"))
     if recipe.cluster is not None:
         return parse_cluster(recipe.cluster)
-    nnodes = int(os.environ.get("WORLD_SIZE", "1")) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    nnodes = torchrun_nodes()
     return parse_cluster({"preset": "cpu-local", "nodes": nnodes, "devices_per_node": max(1, strategy.devices // nnodes)})
 
 
@@ -68,11 +72,20 @@ def prediction_for(recipe: Recipe, strategy: Strategy, cluster_path: Optional[st
         return None
 
 
+def validate(recipe: Recipe, strategy: Strategy) -> None:
+    """The checks `autopar run` made, again: this module may be started by a hand-edited command."""
+    from autopar.runtime.launch import preflight
+
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    preflight(recipe, strategy, nproc=local_processes * strategy.threads, nnodes=torchrun_nodes())
+
+
 def run(args: argparse.Namespace) -> int:
     from autopar.runtime.report import format_report, report_dict
     from autopar.runtime.train import RunOptions, train
 
     recipe, strategy = load_recipe(args.recipe), Strategy.parse(args.strategy)
+    validate(recipe, strategy)
     device, backend = pick_device()
     dist.init_process_group(backend)
     rank = dist.get_rank()
