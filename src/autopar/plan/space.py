@@ -70,7 +70,7 @@ def _tp_values(ctx: SearchContext, c: Partial) -> list[int]:
 
 def _pp_values(ctx: SearchContext, c: Partial) -> list[int]:
     rest = c["devices"] // (c["threads"] * c["tp"])
-    return [p for p in _divisors(rest) if p <= len(ctx.profile.layers)]
+    return [p for p in _divisors(rest) if p == 1 or p <= ctx.profile.pipeline_blocks]
 
 
 def _threads_values(ctx: SearchContext, c: Partial) -> list[int]:
@@ -151,7 +151,7 @@ def schedules(ctx: SearchContext, c: Partial, m: int) -> list[tuple[Schedule, in
     time of 1F1B and holds all m micro-batches (the planner reports it as dominated)."""
     if c["pp"] == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
-    layers = len(ctx.profile.layers)
+    layers = ctx.profile.pipeline_blocks
     out = [(Schedule.ONE_F_ONE_B, 1)]
     if m % c["pp"] == 0:
         out += [(Schedule.INTERLEAVED, v) for v in (2, 4, 8) if c["pp"] * v <= layers]
