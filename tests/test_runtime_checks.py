@@ -61,6 +61,8 @@ BAD = [
     ("async with pp", GPT, "dp=2,pp=2,sync=async,schedule=gpipe", {}, "got pp(2), tp(1)"),
     ("async alone", GPT, "sync=async", {}, "sync=async needs dp > 1 (local SGD) or threads > 1 (Hogwild)"),
     ("hogwild with dp", MLP, "dp=2,threads=2,sync=async", {}, "needs dp(1), got dp(2)"),
+    ("hogwild with microbatch", MLP, "threads=2,sync=async,microbatch=2", {}, "each Hogwild worker takes global_batch / threads"),
+    ("subnet with microbatch", MLP, "dp=2,subnet=true,microbatch=2", {}, "subnet=true trains each subnetwork on its whole share"),
     ("sync_every without async", GPT, "dp=2,sync_every=4", {}, "sync_every(4) applies to sync=async or subnet=true"),
     ("features without a feature layer", GPT, "dp=2,data_partition=features", {}, "needs a model with a feature layer"),
     ("features with tp", MLP, "dp=2,tp=2,data_partition=features", {}, "it needs tp(1), pp(1), zero(0), sync=sync"),

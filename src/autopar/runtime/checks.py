@@ -178,6 +178,8 @@ def check_async(s: Strategy) -> Optional[str]:
         return f"sync=async keeps full replicas; zero({s.zero}) shards them; use zero=0"
     if s.threads > 1 and s.dp > 1:
         return f"Hogwild (sync=async, threads({s.threads})) runs in one process group; it needs dp(1), got dp({s.dp})"
+    if s.threads > 1 and s.microbatch is not None:
+        return f"microbatch({s.microbatch}): each Hogwild worker takes global_batch / threads samples per step; leave microbatch out"
     if s.threads == 1 and s.dp == 1:
         return "sync=async needs dp > 1 (local SGD) or threads > 1 (Hogwild)"
     return None
@@ -186,6 +188,8 @@ def check_async(s: Strategy) -> Optional[str]:
 def check_subnet(s: Strategy, facts: ModelFacts) -> Optional[str]:
     if not s.subnet:
         return None
+    if s.microbatch is not None:
+        return f"microbatch({s.microbatch}): subnet=true trains each subnetwork on its whole share of the batch; leave microbatch out"
     if s.dp == 1 or s.tp > 1 or s.pp > 1 or s.zero or s.is_async or s.data_partition is DataPartition.FEATURES:
         return "subnet=true needs dp > 1 with tp(1), pp(1), zero(0), sync=sync and data_partition=samples"
     if not facts.hidden_widths:
@@ -209,8 +213,8 @@ def check_features(s: Strategy, facts: ModelFacts) -> Optional[str]:
 
 
 def check_precision(s: Strategy, precision: Precision) -> Optional[str]:
-    if precision is Precision.FP16 and (s.zero >= 2 or s.tp > 1 or s.pp > 1 or (s.is_async and s.threads > 1)):
-        return "precision fp16 needs loss scaling, which the runtime applies only with DDP/ZeRO-1/local SGD; use bf16"
+    if precision is Precision.FP16 and (s.zero >= 2 or s.tp > 1 or s.pp > 1 or s.subnet or (s.is_async and s.threads > 1)):
+        return "precision fp16 needs loss scaling, which the runtime applies only with DDP/ZeRO-1/local SGD/features; use bf16"
     return None
 
 

@@ -21,10 +21,12 @@ import time
 import torch
 
 from autopar.models import ModelDef, build_model
+from autopar.runtime.checkpointing import apply_activation_checkpointing, clean_name
 from autopar.runtime.data import BatchSource
 from autopar.runtime.optim import build_optimizer
 from autopar.runtime.precision import PrecisionPlan
 from autopar.runtime.report import RunResult, peak_memory_bytes, tokens_per_sample
+from autopar.spec.enums import Recompute
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
@@ -46,13 +48,14 @@ class HogwildModel:
         self.module, self.applied = module, applied
 
     def full_parameters(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.module.named_parameters()}
+        return {clean_name(name): p.detach() for name, p in self.module.named_parameters()}
 
 
 def run_hogwild(recipe: Recipe, s: Strategy, options) -> RunResult:
     torch.set_num_threads(1)  # before any kernel: a forked child must not inherit a busy OpenMP pool
     precision = PrecisionPlan.of(recipe.training.precision, "cpu", options.dtype)
     mdef = build_model(recipe.model, CPU, precision.param_dtype, recipe.training.seed)
+    apply_activation_checkpointing(mdef.module, s.recompute)
     mdef.module.share_memory()
     losses = torch.zeros(s.threads, options.steps, dtype=torch.float64).share_memory_()
     times = torch.zeros_like(losses).share_memory_()
@@ -68,6 +71,7 @@ def run_hogwild(recipe: Recipe, s: Strategy, options) -> RunResult:
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     memory = max(peak_memory_bytes(CPU), children)
     applied = [f"hogwild(threads={s.threads}, shared-memory parameters, lock-free updates)"]
+    applied += [f"recompute({s.recompute.value})"] if s.recompute is not Recompute.NONE else []
     return RunResult(
         losses=losses.mean(0).tolist(),
         step_times_s=times.max(0).values.tolist(),

@@ -30,10 +30,12 @@ import torch.distributed as dist
 from torch import nn
 
 from autopar.models import build_model
+from autopar.runtime.checkpointing import apply_activation_checkpointing, clean_name
 from autopar.runtime.data import SEED_STRIDE, BatchSource
 from autopar.runtime.mesh import RankContext, dp_group
 from autopar.runtime.optim import build_optimizer
 from autopar.runtime.precision import PrecisionPlan
+from autopar.spec.enums import Recompute
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
@@ -119,7 +121,7 @@ def _sliced_linear(old: nn.Linear, part: Partition, name: str) -> nn.Linear:
 
 def reassemble(full: nn.Module, sub: nn.Module, part: Partition, group, ranks: int) -> None:
     """Write every worker's trained block back into `full`; average the shared parameters."""
-    trained = dict(sub.named_parameters())
+    trained = {clean_name(name): p for name, p in sub.named_parameters()}
     with torch.no_grad():
         for name, p in full.named_parameters():
             module, _, attr = name.rpartition(".")
@@ -143,6 +145,8 @@ class SubnetTrainer:
         self.source = BatchSource(mdef, recipe, ctx.device, precision.param_dtype)
         self.group = dp_group(ctx.mesh, ctx.dims)
         self.applied = [f"subnet(dp={s.dp}, {len(self.groups)} hidden groups, reassembled every {s.sync_every} steps)"]
+        if s.recompute is not Recompute.NONE:
+            self.applied.append(f"recompute({s.recompute.value})")
 
     def step(self, step: int) -> torch.Tensor:
         rank, ranks, period = self.ctx.coords.dp, self.s.dp, self.s.sync_every
@@ -150,6 +154,7 @@ class SubnetTrainer:
             seed = self.recipe.training.seed * SEED_STRIDE + step // period
             self.part = draw_partition(self.groups, rank, ranks, seed, self.ctx.device)
             self.sub = apply_subnet(self.full, self.part, float(ranks))
+            apply_activation_checkpointing(self.sub, self.s.recompute)
             self.optimizer = build_optimizer(self.sub.parameters(), self.recipe.training)
         inputs, target = self.source.replica_rows(step, rank, ranks)
         with self.precision.autocast(False):
