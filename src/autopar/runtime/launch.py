@@ -5,6 +5,10 @@ on every node with the c10d rendezvous (`--nnodes N --node-rank i --rdzv-backend
 --rdzv-endpoint HOST:PORT --rdzv-id ID`), so a plan printed here runs on a cluster
 unchanged. P = dp * tp * pp / nnodes processes per node; with sync=sync each uses
 `threads` intra-op threads (OMP_NUM_THREADS), with Hogwild it forks `threads` workers.
+The recipe (and --cluster) path is written absolute: every node must see it there
+(a shared filesystem, as multi-node torchrun jobs usually have). With c10d, torchrun
+assigns node ranks at rendezvous (it ignores --node-rank, which a static rendezvous
+would use); the node that gets global rank 0 prints the report.
 `autopar run` runs torchrun's own entry (torch.distributed.run) in its process, which
 saves starting a second interpreter; the workers use the current interpreter.
 """
