@@ -54,18 +54,19 @@ def test_gpt3_175b_on_128_dgx_nodes_beats_megatrons_published_layout():
 
 
 def test_a_model_that_fits_only_when_sharded_gets_zero3():
-    """A 1.3B GPT in fp32 with Adam (16 B/param: 21 GB of states) on 8 x 16 GB GPUs over PCIe:
-    a replica does not fit, ZeRO-3 over 8 does; tensor parallelism would all-reduce
-    activations over slow links and a pipeline would idle in its bubble."""
+    """A 4.1B GPT in fp32 with Adam on 8 x 16 GB GPUs over PCIe: a replica needs 66 GB of
+    states, ZeRO-2 still 23 GB (4 Psi + 12 Psi / 8), ZeRO-3 8 GB (16 Psi / 8). 25 heads rule
+    out tensor parallelism on 8 GPUs; a pipeline idles in its bubble."""
     cluster = parse_cluster({"preset": "v100-pcie-node", "device": {"name": "v100-16gb", "memory_GB": 16,
                              "peak_tflops": {"fp32": 15.7, "fp16": 125}, "memory_bandwidth_GBps": 900}, "nodes": 1})
-    recipe = _recipe({"family": "gpt", "layers": 24, "hidden": 2048, "heads": 16, "seq_len": 1024, "vocab": 50257}, 64,
+    recipe = _recipe({"family": "gpt", "layers": 32, "hidden": 3200, "heads": 25, "seq_len": 1024, "vocab": 50257}, 64,
                      precision="fp32", optimizer="adam")
     result = plan(recipe, cluster)
     s = _best(result)
     assert s.zero == 3 and s.tp == 1 and s.pp == 1 and s.dp == 8, s.to_text()
     reasons = {r.family: r.reason for r in result.rejected}
     assert reasons["data parallel (DDP)"].startswith("needs ")
+    assert reasons["sharded data parallel (ZeRO-1/2)"].startswith("needs ")
 
 
 def test_a_billion_input_features_are_partitioned_by_feature():

@@ -30,7 +30,10 @@ class Efficiency:
     # FITTED. Fraction of link bandwidth collectives reach (NCCL bus bandwidth over the
     # link rate: ~0.75-0.85 on NVSwitch and HDR InfiniBand).
     collective_intra: float = 0.90
-    collective_inter: float = 0.80
+    collective_inter: float = 0.90
+    # FITTED. Fraction of compute time under which data-parallel communication hides
+    # (DDP buckets, ZeRO-3 prefetching): kernels and transfers contend for memory and SMs.
+    comm_overlap: float = 0.7
     # FITTED. Point-to-point pipeline sends (small, latency-bound messages in 2021 Megatron).
     p2p: float = 0.60
 

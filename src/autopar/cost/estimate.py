@@ -285,13 +285,14 @@ class CostModel:
             return local_sgd_sync(pair * self.param_bytes / s.dp, topo.dp, s.sync_every, cl, eff).exposed_s
         if s.sync is Sync.ASYNC:
             return local_sgd_sync(slow.params * 4, topo.dp, s.sync_every, cl, eff).exposed_s
+        window = slow.backward_s * eff.comm_overlap
         if s.zero == 0:
-            return ddp_sync(grads, topo.dp, slow.backward_s, cl, eff).exposed_s
+            return ddp_sync(grads, topo.dp, window, cl, eff).exposed_s
         if s.zero in (1, 2):
-            return zero12_sync(grads, slow.params * self.param_bytes, topo.dp, slow.backward_s, cl, eff).exposed_s
+            return zero12_sync(grads, slow.params * self.param_bytes, topo.dp, window, cl, eff).exposed_s
         gathers = 3 if s.recompute is Recompute.FULL else 2
         traffic = zero3_traffic_s(slow.params * self.param_bytes, grads, gathers, m, topo.dp, cl, eff)
-        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s)
+        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s) * eff.comm_overlap
         layer = slow.params / max(1, self.n_layers)  # the first gather and the last reduce-scatter cannot hide
         ends = coll.all_gather_s(layer * self.param_bytes, topo.dp, cl, eff) + coll.reduce_scatter_s(layer * self.grad_bytes, topo.dp, cl, eff)
         return max(0.0, traffic - busy) + ends

@@ -108,7 +108,7 @@ def _loss_reason(f: Estimate, w: Estimate, cluster: Cluster, objective) -> str:
     s = f.strategy
     cap = cluster.device.memory_bytes * s.threads
     if not f.fits:
-        return f"needs {_gb(f.memory_per_device_bytes)} per device > {_gb(cap)} (best fit attempt: {s.to_text()})"
+        return f"needs {_gb(f.memory_per_device_bytes)} per device > {_gb(cap)} even at its leanest ({s.to_text()})"
     if _tp_crosses(s, cluster) and f.time_breakdown_s["tp_comm"] > w.time_breakdown_s["tp_comm"]:
         extra = f.time_breakdown_s["tp_comm"] - w.time_breakdown_s["tp_comm"]
         return f"tp={s.tp} crosses nodes: its all-reduces on the inter-node network add {_s(extra)} per step ({s.to_text()})"
@@ -146,7 +146,7 @@ _SHARDED = {"sharded data parallel (ZeRO-1/2)": 2, "fully sharded data parallel 
 
 
 def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Cluster, objective,
-             family_bound: Optional[dict[str, float]] = None) -> tuple:
+             family_bound: Optional[dict[str, float]] = None, family_smallest: Optional[dict[str, Estimate]] = None) -> tuple:
     from dataclasses import replace
 
     from autopar.plan.planner import Rejected
@@ -158,6 +158,8 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
         if fam == won:
             continue
         f = family_best.get(fam)
+        if f is not None and not f.fits and family_smallest and fam in family_smallest:
+            f = family_smallest[fam]  # nothing of the family fits: show its leanest attempt
         if f is None and fam in _SHARDED and ddp is not None and ddp.fits:
             # never searched: ZeRO stages are tried only when plain data parallel does not fit
             f = model.estimate(replace(ddp.strategy, zero=_SHARDED[fam]), check=False)

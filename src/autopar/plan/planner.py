@@ -214,7 +214,8 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     chosen = [_with_layout(e) for e in search.best[:top_k]]
     plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, chosen[0]))
                   for i, e in enumerate(chosen))
-    rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound)
+    rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound,
+                                search.family_smallest)
     return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s)
 
 
