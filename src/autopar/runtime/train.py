@@ -122,12 +122,14 @@ class StandardTrainer:
             with self._sync_unless(i == self.n_micro - 1, model):
                 with self.precision.autocast(self.par.grad_sync is GradSync.FSDP):
                     loss = self.loss_fn(model(*mb_inputs), mb_target)
-                scaled = loss / self.n_micro
+                scaled = loss / self.n_micro if self.n_micro > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += _plain(loss.detach())
         return total / self.n_micro
 
     def _sync_unless(self, last: bool, model) -> contextlib.AbstractContextManager:
+        if self.n_micro == 1:
+            return contextlib.nullcontext()
         if self.par.grad_sync is GradSync.DDP and not last:
             return model.no_sync()
         if self.par.grad_sync is GradSync.FSDP:
