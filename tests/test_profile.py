@@ -1,22 +1,19 @@
 """The profiler against closed-form counts from the papers, and on a user module."""
 
-import json
-
 import pytest
 
 from autopar.profile.profiler import profile_model
 from autopar.spec.enums import Precision
 from autopar.spec.recipe import parse_recipe
 
-VALIDATION = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "validation" / "published_runs.json"
-
-
 def _model(**kw):
     return parse_recipe({"model": kw, "data": {"samples": 8}, "training": {"global_batch": 8}}).model
 
 
 def _megatron_table1():
-    runs = json.loads(VALIDATION.read_text())
+    from autopar.validation.published import load_runs
+
+    runs = load_runs()
     return [r["model"] for r in runs if r["id"].startswith("megatron2021_t1_")]
 
 

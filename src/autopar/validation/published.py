@@ -21,11 +21,13 @@ from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
 
 ITERATION_CATEGORIES = ("llm_3d_parallel_weak_scaling", "zero3_vs_ptdp", "llm_activation_recompute")
-DEFAULT_PATH = Path(__file__).resolve().parents[4] / "shared" / "validation" / "published_runs.json"
+# A copy of shared/validation/published_runs.json ships with the package so tests and
+# benchmarks run from any checkout; pass another file (--path) to check other runs.
+PACKAGED_PATH = Path(__file__).resolve().parent / "data" / "published_runs.json"
 
 
 def load_runs(path: Optional[Path] = None) -> list[dict[str, Any]]:
-    return json.loads(Path(path or DEFAULT_PATH).read_text())
+    return json.loads(Path(path or PACKAGED_PATH).read_text())
 
 
 def eq3_flops(batch: int, m: dict[str, Any]) -> float:
