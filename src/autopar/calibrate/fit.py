@@ -20,11 +20,14 @@ class AlphaBeta:
 
 
 def fit_alpha_beta(sizes: Sequence[float], times: Sequence[float]) -> AlphaBeta:
-    """Least squares t = a + b n, with a, b >= 0 (robust enough for medians)."""
-    n = len(sizes)
-    mx, my = sum(sizes) / n, sum(times) / n
-    sxx = sum((x - mx) ** 2 for x in sizes)
-    slope = sum((x - mx) * (y - my) for x, y in zip(sizes, times)) / sxx if sxx else 0.0
+    """Least squares t = a + b n in relative error (weights 1/t^2), so the small sizes
+    that fix the latency count as much as the large ones that fix the bandwidth; a, b >= 0."""
+    w = [1.0 / max(t, 1e-12) ** 2 for t in times]
+    sw = sum(w)
+    mx = sum(wi * x for wi, x in zip(w, sizes)) / sw
+    my = sum(wi * y for wi, y in zip(w, times)) / sw
+    sxx = sum(wi * (x - mx) ** 2 for wi, x in zip(w, sizes))
+    slope = sum(wi * (x - mx) * (y - my) for wi, x, y in zip(w, sizes, times)) / sxx if sxx else 0.0
     slope = max(slope, 1e-15)
     return AlphaBeta(max(0.0, my - slope * mx), slope)
 

@@ -1,0 +1,40 @@
+"""autopar calibrate: the fit recovers known link parameters; the command writes a cluster
+file the planner reads, whole or not at all."""
+
+import pytest
+import yaml
+
+from autopar.calibrate.fit import fit_alpha_beta, gather_slowdown, link_from_all_reduce
+from autopar.cli.main import main
+from autopar.cost import collectives as coll
+from autopar.cost.efficiency import DEFAULT
+from autopar.spec.cluster import parse_cluster
+
+
+def test_alpha_beta_fit_recovers_the_link_and_the_cost_model_reproduces_it():
+    latency, bandwidth, ranks = 150e-6, 1.5e9, 2
+    sizes = [4096, 65536, 1 << 20, 8 << 20, 32 << 20]
+    volume = 2 * (ranks - 1) / ranks
+    times = [2 * (ranks - 1) * latency + volume * n / bandwidth for n in sizes]
+    fit = fit_alpha_beta(sizes, times)
+    link_bw, link_lat = link_from_all_reduce(fit, ranks, DEFAULT)
+    cluster = parse_cluster({"device": "cpu", "devices_per_node": 2,
+                             "intra_node": {"bandwidth_GBps": link_bw / 1e9, "latency_us": link_lat * 1e6}})
+    group = coll.place(2, 1, 2, 2)
+    for n, t in zip(sizes, times):
+        assert coll.all_reduce_s(n, group, cluster, DEFAULT) == pytest.approx(t, rel=1e-6)
+    slow = fit_alpha_beta(sizes, [latency + 3.5 * (n / 2) / bandwidth for n in sizes])  # all-gather 3.5x slower per byte
+    assert gather_slowdown(fit, slow, ranks) == pytest.approx(3.5, rel=1e-3)
+
+
+def test_calibrate_writes_a_cluster_the_planner_uses(tmp_path, capsys):
+    out = tmp_path / "cluster.yaml"
+    assert main(["calibrate", "--quick", "--out", str(out)]) == 0
+    cluster = parse_cluster(yaml.safe_load(out.read_text()))
+    assert cluster.device.shared_memory and cluster.devices >= 1
+    assert 1e9 < cluster.device.peak_flops["fp32"] < 1e13  # a CPU core: 1 GFLOP/s .. 10 TFLOP/s
+    assert 1e8 < cluster.intra_node.bandwidth_Bps < 1e12
+    capsys.readouterr()
+    missing = tmp_path / "no" / "such" / "dir" / "c.yaml"
+    assert main(["calibrate", "--quick", "--out", str(missing)]) == 2
+    assert "--out" in capsys.readouterr().err and not missing.parent.exists()
