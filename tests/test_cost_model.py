@@ -111,8 +111,8 @@ def test_invalid_strategies_name_the_arithmetic():
         "dp=64,tp=1": "dp(64) * tp(1) * pp(1) * threads(1) = 64 > devices(32)",
         "dp=3": "global_batch(8) % dp(3) = 2",
         "tp=3": "tp(3) must divide",
-        "pp=8": "pp(8) * virtual_stages(1) = 8 > layers(2)",
-        "sync=async,pp=2,dp=2,microbatch=2": "needs tp=1, pp=1",
+        "pp=8": "pp(8) * virtual_stages(1) = 8 stages > layers(2)",
+        "sync=async,pp=2,dp=2,microbatch=2": "it needs pp(1) and tp(1)",
         "threads=2": "needs devices that share memory",
     }
     for text, message in cases.items():
@@ -151,3 +151,17 @@ def test_run_length_layout_matches_the_dynamic_program():
         S = rng.randint(1, len(times))
         fast = layout_runs(runs, S)
         assert stage_max_time(times, fast) == pytest.approx(stage_max_time(times, layout_dp(times, S)), rel=1e-5)
+
+
+def test_a_pipeline_that_fits_only_when_cut_by_memory_gets_an_uneven_layout():
+    """The first 1F1B stage holds pp micro-batches in flight, the last one: balancing time
+    alone overfills the first stage; the memory-aware cut moves layers to later stages."""
+    recipe = _gpt(layers=16, hidden=1024, heads=16, seq=1024, batch=64)
+    probe = CostModel.for_recipe(recipe, DGX)
+    s = Strategy(pp=4, microbatch=4)
+    balanced = probe.estimate(s)
+    cap = balanced.memory_per_device_bytes * 0.85  # a device just too small for the even cut
+    small = parse_cluster({"device": {"name": "g", "memory_GB": cap / 1e9, "peak_tflops": {"bf16": 312}, "memory_bandwidth_GBps": 2000},
+                           "nodes": 1, "devices_per_node": 8, "intra_node": {"bandwidth_GBps": 300}})
+    e = CostModel.for_recipe(recipe, small, probe.profile).estimate(s)
+    assert e.fits and sum(e.stages) == 16 and e.stages[0] < e.stages[-1], e.stages

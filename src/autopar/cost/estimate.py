@@ -21,7 +21,7 @@ from autopar.cost.data_parallel import ddp_sync, local_sgd_sync, zero3_traffic_s
 from autopar.cost.efficiency import DEFAULT, Efficiency
 from autopar.cost.layers import LayerTable, layer_costs
 from autopar.cost.memory import bytes_per_param, microbatches_in_flight, model_state_bytes
-from autopar.cost.pipeline import layout_runs, schedule_time_s
+from autopar.cost.pipeline import layout_fast, layout_runs, schedule_time_s
 from autopar.cost.validity import check_strategy
 from autopar.profile.types import ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
@@ -225,6 +225,16 @@ class CostModel:
         rate = self.rate(s, topo.used_per_node)
         table = self.table(s, b, topo, rate)
         counts = self.layout(s, table)
+        est = self._evaluate(s, table, counts, m, topo, rate)
+        if not est.fits and s.pp > 1 and s.virtual_stages == 1 and s.stages is None:
+            # the time-balanced cut does not fit: cut again, balancing time under a memory cap
+            lean = self._memory_layout(s, table, m)
+            if lean is not None and lean != counts:
+                other = self._evaluate(s, table, lean, m, topo, rate)
+                est = other if other.fits else est
+        return est
+
+    def _evaluate(self, s: Strategy, table: LayerTable, counts, m: int, topo: _Topology, rate: DeviceRate) -> Estimate:
         rs = self.ranks(s, table, counts, topo)
         ranks, slow = rs.ranks, rs.slow
         pipe_s, bubble_s = schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages)
@@ -240,6 +250,29 @@ class CostModel:
         }
         step = sum(breakdown.values())
         return self._assemble(s, step, breakdown, self._memory(s, ranks, m, table), counts)
+
+    def _memory_layout(self, s: Strategy, table: LayerTable, m: int) -> Optional[tuple[int, ...]]:
+        """Blocks per stage minimising the slowest stage subject to each stage's memory
+        (states + activations of the micro-batches it holds in flight) fitting the device."""
+        start, count = self.profile.stack
+        n = self.n_layers
+        costs = table.costs
+        zero, dp = s.zero, s.dp
+        p, g, k = self.param_bytes, self.grad_bytes, self.state_bytes
+        per_param = p / (dp if zero >= 3 else 1) + g / (dp if zero >= 2 else 1) + k / (dp if zero >= 1 else 1)
+        flights = self._in_flight(s, m)
+        cap = self.cluster.device.memory_bytes * s.threads - FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]
+
+        def layer_range(a: int, e: int) -> tuple[int, int]:  # blocks [a, e) -> layers, ends folded in
+            return (0 if a == 0 else start + a), (n if e == count else start + e)
+
+        def mem(i: int, a: int, e: int) -> float:
+            lo, hi = layer_range(a, e)
+            return (per_param * table.range_sum("params", lo, hi) + flights[i] * table.range_sum("activation_bytes", lo, hi)
+                    + table.max_working(lo, hi) + 2 * costs[hi - 1].output_bytes)
+
+        times = [table.range_time(*layer_range(j, j + 1)) for j in range(count)]
+        return layout_fast(times, s.pp, mem, cap, rel_tol=1e-4)
 
     def ranks(self, s: Strategy, table: LayerTable, counts: tuple[int, ...], topo: _Topology) -> "_RankSet":
         """Per pipeline rank: one micro-batch's time by kind, parameters and activations (cached)."""
