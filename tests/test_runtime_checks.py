@@ -13,7 +13,8 @@ import yaml
 
 from autopar.cli.main import main
 from autopar.models import build_model
-from autopar.runtime import checks, launch
+from autopar import validity
+from autopar.runtime import launch
 from autopar.spec.enums import Precision
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
@@ -30,21 +31,21 @@ CNN = {**GPT, "model": {"family": "cnn", "depth": 2, "width": 8, "image_size": 8
 
 def _facts(raw):
     recipe = parse_recipe(raw)
-    return checks.model_facts(build_model(recipe.model, "meta"), recipe.model)
+    return validity.facts_from_model(build_model(recipe.model, "meta"), recipe.model)
 
 
 def _problems(raw, text, nproc=None, nnodes=1, precision=Precision.FP32):
     s = Strategy.parse(text)
     nproc = nproc if nproc is not None else s.devices // nnodes
-    return checks.problems(s, _facts(raw), raw["training"]["global_batch"], precision, checks.Launch(nproc, nnodes))
+    return validity.run_problems(s, _facts(raw), raw["training"]["global_batch"], precision, validity.Launch(nproc, nnodes))
 
 
 BAD = [
     ("devices", GPT, "dp=2,tp=4,pp=2", {"nproc": 8}, "dp(2) * tp(4) * pp(2) = 16 != nproc(8)"),
     ("devices over nodes", GPT, "dp=2,tp=2", {"nproc": 1, "nnodes": 2}, "dp(2) * tp(2) * pp(1) = 4 != nproc(1) * nnodes(2) = 2"),
     ("threads count as devices", MLP, "dp=2,threads=2", {"nproc": 2}, "dp(2) * tp(1) * pp(1) * threads(2) = 4 != nproc(2)"),
-    ("batch over dp", GPT, "dp=3", {}, "global_batch(8) is not divisible by dp(3) * microbatch(2) = 6"),
-    ("batch over dp*microbatch", GPT, "dp=2,microbatch=3", {}, "global_batch(8) is not divisible by dp(2) * microbatch(3) = 6"),
+    ("batch over dp", GPT, "dp=3", {}, "global_batch(8) % dp(3) = 2; dp must divide the global batch"),
+    ("batch over dp*microbatch", GPT, "dp=2,microbatch=3", {}, "global_batch(8) / dp(2) = 4 samples per replica, not a multiple of microbatch(3)"),
     ("microbatch too big", GPT, "dp=2,microbatch=8", {}, "microbatch(8) > per-replica batch global_batch(8) / dp(2) = 4"),
     ("tp not dividing heads", GPT, "tp=3", {}, "tp(3) must divide heads(4): 4 % 3 = 1"),
     ("tp not dividing kv heads", LLAMA, "tp=4", {}, "tp(4) must divide kv_heads(2): 2 % 4 = 2"),
@@ -122,7 +123,7 @@ def _recipe(tmp_path, raw):
         (["--strategy", "tp=3"], "tp(3) must divide heads(4)"),
         (["--strategy", "pp=8,schedule=gpipe"], "pp(8) * virtual_stages(1) = 8 stages > layers(4)"),
         (["--strategy", "dp=2,pp=2,sync=async,schedule=gpipe"], "sync=async trains full replicas"),
-        (["--strategy", "dp=3"], "global_batch(8) is not divisible by dp(3)"),
+        (["--strategy", "dp=3"], "global_batch(8) % dp(3) = 2"),
         (["--strategy", "dp=2", "--nnodes", "2"], "--rdzv-endpoint"),
         (["--strategy", "dp=2", "--steps", "0"], "--steps"),
         (["--strategy", "dp=two"], "expected an integer"),

@@ -22,6 +22,7 @@ from autopar.profile.trace import LayerTracer, is_marked, set_mark, storage_key,
 from autopar.profile.types import LayerProfile, LayerStats, ModelProfile
 from autopar.spec.enums import Precision, TPStyle
 from autopar.spec.recipe import ModelSpec, Recipe
+from autopar.validity import facts_from_model
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 PROFILE_BATCH = 2  # > 1 so batch-statistics layers work; results are divided by it
@@ -34,7 +35,7 @@ def profile_recipe(recipe: Recipe) -> ModelProfile:
 def profile_model(spec: ModelSpec, precision: Precision = Precision.BF16, batch: int = PROFILE_BATCH) -> ModelProfile:
     dtype = torch.float32 if precision is Precision.FP32 else (torch.bfloat16 if precision is Precision.BF16 else torch.float16)
     mdef = build_model(spec, device="meta", dtype=dtype)
-    return profile_module(mdef, dtype, batch)
+    return profile_module(mdef, dtype, batch, spec)
 
 
 # ------------------------------------------------------------ layer discovery
@@ -267,8 +268,10 @@ def _candidates(layer: nn.Module, cores: set[int]) -> tuple[tuple[str, str], ...
 # ------------------------------------------------------------------- profile
 
 
-def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATCH) -> ModelProfile:
+def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATCH, spec: Optional[ModelSpec] = None) -> ModelProfile:
+    """`spec` gives the facts only a recipe knows (the sequence length); without it they are unknown."""
     root = mdef.module
+    facts = facts_from_model(mdef, spec)  # before the capture pass wraps the layers' forwards
     layers = placeable_layers(root)
     calls, order, output, target = _capture(mdef, layers, batch, dtype)
     by_name = dict(layers)
@@ -311,6 +314,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         profiled_batch=batch,
         notes=tuple(notes),
         stack=_stack(root, [p.name for p in profiles]),
+        facts=facts,
     )
 
 

@@ -7,7 +7,10 @@ All byte and FLOP figures are per input sample, measured in the profiling dtype
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from autopar.validity import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class ModelProfile:
     # stage, layers after them with the last (as Megatron-LM and torchtitan place the
     # embedding and the head). None: the model has no such list and cannot be pipelined.
     stack: Optional[tuple[int, int]] = None
+    # What autopar.validity's rules read of the model, found on the build profiled here
+    # (validity.facts_from_model); read it through validity.facts_from_profile.
+    facts: Optional["ModelFacts"] = None
 
     @property
     def pipeline_blocks(self) -> int:

@@ -18,8 +18,8 @@ Techniques that change the training loop rather than wrap the model:
   subnet.py        apply_subnet             independent subnetwork training (Yuan et al.)
   shared_memory.py apply_threads / run_hogwild  intra-op threads, or Hogwild on shared parameters
 
-Around them: checks.py (every strategy problem, found before any process starts),
-launch.py (the torchrun command), worker.py (per-rank entry), mesh.py (DeviceMesh),
+Around them: launch.py (preflight: every strategy problem, found by autopar/validity.py
+before any process starts; then the torchrun command), worker.py (per-rank entry), mesh.py (DeviceMesh),
 data.py (batches), precision.py (mixed precision), optim.py (optimizers),
 train.py (the step loop), report.py (what a run measured, beside the prediction).
 

@@ -104,12 +104,11 @@ def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
 
 def preflight(recipe, strategy: Strategy, nproc: int, nnodes: int) -> None:
     """Every check that needs no process: strategy vs model (built on meta), devices, loader import."""
+    from autopar import validity
     from autopar.models import build_model
-    from autopar.runtime import checks
     from autopar.runtime.data import load_loader
 
-    mdef = build_model(recipe.model, "meta")
-    facts = checks.model_facts(mdef, recipe.model)
-    launch_facts = checks.Launch(nproc=nproc, nnodes=nnodes)
-    checks.validate(strategy, facts, recipe.training.global_batch, recipe.training.precision, launch_facts)
+    facts = validity.facts_from_model(build_model(recipe.model, "meta"), recipe.model)
+    launch_facts = validity.Launch(nproc=nproc, nnodes=nnodes)
+    validity.validate(strategy, facts, recipe.training.global_batch, recipe.training.precision, launch_facts)
     load_loader(recipe)

@@ -5,7 +5,7 @@ fp32 and compute runs in the low precision, by
   - FSDP2's MixedPrecisionPolicy (bf16 parameters for compute, fp32 gradient
     reduction) on the chunks FSDP2 wraps, or
   - torch.autocast everywhere else (DDP, tensor/pipeline parallel, single process).
-fp16 adds dynamic loss scaling (torch.amp.GradScaler); checks.py limits it to the
+fp16 adds dynamic loss scaling (torch.amp.GradScaler); validity.check_precision limits it to the
 strategies whose gradients are plain tensors (DDP, ZeRO-1, local SGD, features).
 A dtype override (tests run in float64) disables all of this.
 """
