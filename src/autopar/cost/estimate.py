@@ -226,7 +226,7 @@ class CostModel:
         table = self.table(s, b, topo, rate)
         counts = self.layout(s, table)
         est = self._evaluate(s, table, counts, m, topo, rate)
-        if not est.fits and s.pp > 1 and s.virtual_stages == 1 and s.stages is None:
+        if not est.fits and s.pp > 1 and s.virtual_stages == 1 and s.stages is None and self._relayout_may_fit(s, table, counts, m, topo):
             # the time-balanced cut does not fit: cut again, balancing time under a memory cap
             lean = self._memory_layout(s, table, m)
             if lean is not None and lean != counts:
@@ -250,6 +250,17 @@ class CostModel:
         }
         step = sum(breakdown.values())
         return self._assemble(s, step, breakdown, self._memory(s, ranks, m, table), counts)
+
+    def _relayout_may_fit(self, s: Strategy, table: LayerTable, counts, m: int, topo: _Topology) -> bool:
+        """Moving layers between stages cannot bring the fullest stage below the average:
+        skip the memory-aware cut when even the average stage overflows."""
+        ranks = self.ranks(s, table, counts, topo).ranks
+        z, dp, (p, g, k) = s.zero, s.dp, (self.param_bytes, self.grad_bytes, self.state_bytes)
+        per_param = p / (dp if z >= 3 else 1) + g / (dp if z >= 2 else 1) + k / (dp if z >= 1 else 1)
+        flights = self._in_flight(s, m)
+        average = sum(r.params * per_param + r.activation_bytes * f for r, f in zip(ranks, flights)) / len(ranks)
+        cap = self.cluster.device.memory_bytes * s.threads - FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]
+        return average <= cap
 
     def _memory_layout(self, s: Strategy, table: LayerTable, m: int) -> Optional[tuple[int, ...]]:
         """Blocks per stage minimising the slowest stage subject to each stage's memory
