@@ -97,3 +97,25 @@ def test_profile_of_a_huge_model_allocates_nothing():
     assert prof.params == 10**9 * 16 + 16 + 16 * 2 + 2
     assert (after - before) * 1024 < 200e6  # 64 GB of weights never materialise
     assert prof.feature_dim == 10**9
+
+
+def test_generic_tp_plan_names_the_pairs_of_any_module():
+    from autopar.models import build_model
+    from autopar.profile.profiler import tp_plan_of
+
+    spec = _model(module="tests.fixtures.user_models:two_tower", kwargs={"hidden": 64},
+                  inputs=[{"shape": [32]}, {"shape": [48]}])
+    plan = tp_plan_of(build_model(spec, device="meta"))
+    assert plan == {"query.up": "colwise", "query.down": "rowwise", "item.up": "colwise", "item.down": "rowwise"}
+
+
+def test_transformers_llama_config_profiles_on_meta():
+    pytest.importorskip("transformers")
+    spec = _model(transformers={"config": "LlamaConfig", "seq_len": 64, "hidden_size": 256, "intermediate_size": 688,
+                                "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000})
+    prof = profile_model(spec)
+    h, kv, ffn, V, L = 256, 2 * 32, 688, 1000, 3
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * ffn + 2 * h
+    assert prof.params == L * per_layer + 2 * V * h + h
+    block = next(l.stats for l in prof.layers if l.stats.kind == "LlamaDecoderLayer")
+    assert dict(block.tp_styles) == {"mlp.gate_proj": "colwise", "mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}

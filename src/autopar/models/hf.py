@@ -17,7 +17,13 @@ class CausalLMLogits(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=tokens, use_cache=False).logits
+        # An explicit 4-D additive causal mask: transformers then skips the data-dependent
+        # mask analysis (padding, packed sequences) that cannot run on the meta device.
+        B, T = tokens.shape
+        dtype = next(self.model.parameters()).dtype
+        causal = torch.full((T, T), float("-inf"), device=tokens.device, dtype=dtype).triu(1)
+        mask = causal.expand(B, 1, T, T)
+        return self.model(input_ids=tokens, attention_mask=mask, use_cache=False).logits
 
 
 def build_transformers(spec: TransformersSpec):

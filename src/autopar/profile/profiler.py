@@ -353,3 +353,25 @@ def _feature_dim(root: nn.Module, path: Optional[str]) -> Optional[int]:
         return None
     m = root.get_submodule(path)
     return getattr(m, "in_features", None)
+
+
+def tp_plan_of(mdef: ModelDef, batch: int = PROFILE_BATCH) -> dict[str, str]:
+    """The tensor-parallel plan of any model: its declared `tp_plan`, else the Megatron
+    Linear pairs found in each placeable layer (profile.tp_pairs), as full module names.
+    Works on a model built on meta (the names are the same on any device)."""
+    if mdef.tp_plan is not None:
+        return dict(mdef.tp_plan)
+    dtype = next((p.dtype for p in mdef.module.parameters() if p.is_floating_point()), torch.float32)
+    meta = mdef if next(mdef.module.parameters()).is_meta else None
+    if meta is None:
+        raise ValueError("tp_plan_of needs the model built on the meta device")
+    layers = placeable_layers(meta.module)
+    calls, order, _, _ = _capture(meta, layers, batch, dtype)
+    by_name = dict(layers)
+    names = {id(m): n for n, m in meta.module.named_modules()}
+    plan: dict[str, str] = {}
+    for name in order:
+        args, kwargs, _ = calls[name]
+        for sub, style in find_linear_pairs(by_name[name], args, kwargs).items():
+            plan[names[id(sub)]] = style.value
+    return plan
