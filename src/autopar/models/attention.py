@@ -20,7 +20,10 @@ class CoreAttention(nn.Module):
     def __init__(self, seq_len: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        mask = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)  # True above the diagonal
+        if on_meta():  # shapes only; `triu` on meta costs seconds of decomposition the first time
+            mask = torch.empty(seq_len, seq_len, dtype=torch.bool)
+        else:
+            mask = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)  # True above the diagonal
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -29,6 +32,11 @@ class CoreAttention(nn.Module):
         scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
         probs = self.dropout(F.softmax(scores, dim=-1))
         return probs @ v  # (B, nh, T, hd)
+
+
+def on_meta() -> bool:
+    """Whether new tensors land on the meta device (inside `with torch.device("meta")`)."""
+    return torch.empty(0).device.type == "meta"
 
 
 def dropout_or_identity(p: float) -> nn.Module:

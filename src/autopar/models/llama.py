@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autopar.models.attention import CoreAttention, init_transformer_, merge_heads, split_heads
+from autopar.models.attention import CoreAttention, init_transformer_, on_meta, merge_heads, split_heads
 from autopar.spec.recipe import LlamaSpec
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (T, hd/2)."""
+    if on_meta():  # shapes only (the trigonometry's meta decompositions cost seconds)
+        return torch.empty(seq_len, head_dim // 2), torch.empty(seq_len, head_dim // 2)
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
