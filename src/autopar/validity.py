@@ -17,19 +17,21 @@ What the rules read of a model is a frozen `ModelFacts`, built either way:
 
 Each `check_*` is pure and returns the problem as text with the failing arithmetic
 ("dp(2) * tp(4) * pp(2) = 16 != nproc(8)"), or None. Three groups:
-  - rules of the runtime: what `autopar run` can execute (every check below except the
-    two in the last group);
-  - limits of the cost model (`check_priced`): strategies the runtime runs but the cost
-    model does not price, so the planner never proposes them and `autopar estimate`
-    refuses them. Notably subnet=true: the runtime partitions MLP hidden layers and
-    transformer FFNs alike, but the cost model models subnetwork training only for MLP
-    layers (`is_mlp_layer`), so subnet is planned for MLPs only and still runs on GPTs;
+  - rules of the runtime (check_batch ... check_recompute): what `autopar run` executes;
+  - limits of the cost model (`check_priced` = check_priced_subnet, _threads, _schedule):
+    strategies the runtime runs but the cost model does not price, so the planner never
+    proposes them and `autopar estimate` refuses them. Notably subnet=true: the runtime
+    partitions MLP hidden layers and transformer FFNs alike, but the cost model models
+    subnetwork training only over MLP layers (`is_mlp_layer`): subnet is planned for
+    MLPs only, and `autopar run` still accepts it on a GPT;
   - where it runs: `check_devices` against a `Launch` (runtime), `check_cluster` against
     a `Cluster` (planning). A launch is never checked when planning.
 
-`run_problems` (runtime) and `plan_problems` (cost model, planner) compose them. Every
-rule of `run_problems` but the launch is in `plan_problems`, so a plan the planner
-returns passes the runtime's preflight when launched on the devices it names.
+`run_problems` (runtime) and `plan_problem` (cost model, planner) compose them. Every
+rule of `run_problems` but the launch is in `plan_problem`, so a plan the planner
+returns passes the runtime's preflight when launched on the devices it names. The cost
+model alone (`CostModel.estimate`, published-run validation) does not know the
+recipe's precision and skips `check_precision`: it can price Megatron's fp16 runs.
 """
 
 from __future__ import annotations
@@ -302,17 +304,30 @@ def check_recompute(s: Strategy, facts: ModelFacts) -> Optional[str]:
 
 def check_priced(s: Strategy, facts: ModelFacts, global_batch: int) -> Optional[str]:
     """Strategies the runtime runs but the cost model does not price."""
+    return check_priced_subnet(s, facts) or check_priced_threads(s) or check_priced_schedule(s, global_batch)
+
+
+def check_priced_subnet(s: Strategy, facts: ModelFacts) -> Optional[str]:
     if s.subnet and not facts.subnet_priced:
         return (f"subnet=true: the cost model prices subnetwork training only over MLP layers (Linear pairs without "
                 f"attention); model {facts.name} has none (autopar run accepts it; it cannot be estimated or planned)")
+    return None
+
+
+def check_priced_threads(s: Strategy) -> Optional[str]:
     if s.threads > 1 and (s.tp > 1 or s.pp > 1):
         return f"threads({s.threads}) with tp({s.tp}), pp({s.pp}): the cost model prices shared-memory workers only beside dp"
-    if s.schedule is Schedule.INTERLEAVED and s.pp > 1:
-        m = s.num_microbatches(global_batch)
-        if s.virtual_stages < 2:
-            return "schedule=interleaved needs virtual_stages >= 2 (with one chunk per rank it is 1f1b)"
-        if m % s.pp:  # Narayanan et al. 2021, Sec. 2.2.2: the bubble (p - 1) / v assumes m a multiple of p
-            return f"interleaved schedule: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
+    return None
+
+
+def check_priced_schedule(s: Strategy, global_batch: int) -> Optional[str]:
+    if s.schedule is not Schedule.INTERLEAVED or s.pp == 1:
+        return None
+    m = s.num_microbatches(global_batch)
+    if s.virtual_stages < 2:
+        return "schedule=interleaved needs virtual_stages >= 2 (with one chunk per rank it is 1f1b)"
+    if m % s.pp:  # Narayanan et al. 2021, Sec. 2.2.2: the bubble (p - 1) / v assumes m a multiple of p
+        return f"interleaved schedule: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
     return None
 
 

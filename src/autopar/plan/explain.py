@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Optional
 
 from autopar.cost.estimate import Estimate
-from autopar.cost.validity import strategy_problem
 from autopar.errors import InputError
 from autopar.plan.families import FAMILIES, family_of
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Sync
 from autopar.spec.strategy import Strategy
+from autopar.validity import facts_from_profile, plan_problem
 
 GB = 1e9
 _PART_NAMES = {
@@ -152,6 +152,7 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
     from autopar.plan.planner import Rejected
 
     out = []
+    facts = facts_from_profile(model.profile)
     won = family_of(w.strategy)
     ddp = family_best.get("data parallel (DDP)")
     for fam in FAMILIES:
@@ -172,7 +173,7 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
                                            f"(lower bound) vs {_s(w.step_time_s)}"))
             continue
         rep = _REPRESENTATIVE[fam]
-        problem = strategy_problem(rep, model.profile, model.work.global_batch, None)
+        problem = plan_problem(rep, facts, model.work.global_batch, model.work.precision, None)
         if problem is None and rep.threads > 1 and not cluster.device.shared_memory:
             problem = f"{cluster.device.name} devices do not share memory"
         if problem is None and rep.devices > cluster.devices:

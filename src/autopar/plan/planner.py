@@ -22,7 +22,6 @@ from enum import Enum
 from typing import Any, Optional
 
 from autopar.cost.estimate import CostModel, Estimate
-from autopar.cost.validity import strategy_problem
 from autopar.errors import InputError
 from autopar.plan import explain
 from autopar.plan.families import family_of
@@ -32,6 +31,7 @@ from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Recompute
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
+from autopar.validity import plan_problem
 
 
 class Objective(str, Enum):
@@ -113,7 +113,7 @@ class _Search:
     def consider(self, s: Strategy) -> Optional[Estimate]:
         if any(getattr(s, k) != v for k, v in self.fixed.items()):
             return None
-        problem = strategy_problem(s, self.model.profile, self.ctx.global_batch, self.ctx.cluster)
+        problem = plan_problem(s, self.ctx.facts, self.ctx.global_batch, self.ctx.precision, self.ctx.cluster)
         if problem is not None:
             self.pruned["invalid"] = self.pruned.get("invalid", 0) + 1
             return None
@@ -147,7 +147,7 @@ def _lower_bound(search: _Search, c: dict) -> float:
     if c["data_partition"].value == "samples" and not c["subnet"]:
         b = microbatches(search.ctx, c)[0] if c["pp"] == 1 else min(16, microbatches(search.ctx, c)[0])
         s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], threads=c["threads"], microbatch=b,
-                     sequence_parallel=c["tp"] > 1)
+                     sequence_parallel=sequence_parallel(search.ctx, c)[0])
         topo = m.topology(s)
         table = m.table(s, b, topo, m.rate(s, topo.used_per_node))
         per_sample = (table.time[-1] - sum(x.recompute_s for x in table.costs)) / b
@@ -168,7 +168,7 @@ def _search_structure(search: _Search, c: dict) -> None:
         m = local // b
         fitted_plain = False
         for sched, v in schedules(ctx, c, m):
-            for sp in sequence_parallel(c):
+            for sp in sequence_parallel(ctx, c):
                 for rc in recomputes(ctx):
                     plain_fits = False
                     for zero in zero_stages(c):
@@ -195,7 +195,8 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     t0 = time.perf_counter()
     profile_s = t0 - t_profile
     fixed = _fixed(fix)
-    ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, max_tp=2 * cluster.devices_per_node)
+    ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
+                        max_tp=2 * cluster.devices_per_node)
     search = _Search(model, ctx, objective, top_k, fixed)
     for c in structures(ctx, search.pruned):
         if any(k in c and c[k] != v for k, v in fixed.items()):

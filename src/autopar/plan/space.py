@@ -7,16 +7,25 @@ the fields it reads are bound, with a name the planner reports.
 Structure dimensions (devices, sync, partition, threads, tp, pp, dp) fix where work
 and data go. Knob dimensions (micro-batch, schedule, sequence parallel, recompute,
 ZeRO stage) are searched inside each structure by the planner.
+
+The predicates and knob lists are fast pre-filters, never the judge: each predicate
+asks the shared rules (autopar.validity) about the structure with neutral knobs, so it
+rejects only what every knob setting would fail, plus two named search restrictions
+(a feature partition over one worker; subnetworks beyond the published regime). The
+planner still checks every candidate against all the rules.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from autopar.profile.types import ModelProfile, is_mlp_layer
+from autopar import validity
+from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
-from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
+from autopar.spec.enums import DataPartition, Precision, Recompute, Schedule, Sync
+from autopar.spec.strategy import Strategy
 
 Partial = dict[str, Any]
 
@@ -26,8 +35,13 @@ class SearchContext:
     profile: ModelProfile
     cluster: Cluster
     global_batch: int
+    precision: Precision
     max_tp: int  # tensor parallel beyond this is not searched (2 nodes' worth by default)
     fewer_devices: bool = True  # also try using fewer devices than the cluster has
+
+    @cached_property
+    def facts(self) -> validity.ModelFacts:
+        return validity.facts_from_profile(self.profile)
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,7 @@ def _tp_values(ctx: SearchContext, c: Partial) -> list[int]:
 
 def _pp_values(ctx: SearchContext, c: Partial) -> list[int]:
     rest = c["devices"] // (c["threads"] * c["tp"])
-    return [p for p in _divisors(rest) if p == 1 or p <= ctx.profile.pipeline_blocks]
+    return [p for p in _divisors(rest) if p == 1 or p <= ctx.facts.layers]
 
 
 def _threads_values(ctx: SearchContext, c: Partial) -> list[int]:
@@ -90,21 +104,40 @@ STRUCTURE: tuple[Dimension, ...] = (
     Dimension("dp", lambda ctx, c: [c["devices"] // (c["threads"] * c["tp"] * c["pp"])]),
 )
 
+_STRUCTURE_FIELDS = ("dp", "tp", "pp", "threads", "sync", "data_partition", "subnet")
+MAX_SUBNET_WORKERS = 8  # the published regime of independent subnetwork training (Yuan et al. 2022: 2-8 workers)
+
+
+def _neutral(c: Partial) -> Strategy:
+    """The structure bound so far, every knob neutral (no micro-batches, no ZeRO, ...)."""
+    return Strategy(**{k: c[k] for k in _STRUCTURE_FIELDS if k in c})
+
+
+def _features_ok(ctx: SearchContext, c: Partial) -> bool:
+    one_worker = c["data_partition"] is DataPartition.FEATURES and c["dp"] == 1  # partitions nothing: search restriction
+    return not one_worker and validity.check_features(_neutral(c), ctx.facts) is None
+
+
+def _subnet_ok(ctx: SearchContext, c: Partial) -> bool:
+    s = _neutral(c)
+    if s.subnet and s.dp > MAX_SUBNET_WORKERS:  # search restriction
+        return False
+    return validity.check_subnet(s, ctx.facts) is None and validity.check_priced_subnet(s, ctx.facts) is None
+
+
 PREDICATES: tuple[Predicate, ...] = (
-    Predicate("dp divides the global batch", ("dp",), lambda ctx, c: ctx.global_batch % c["dp"] == 0),
+    Predicate("dp divides the global batch", ("sync", "data_partition", "threads", "dp"),
+              lambda ctx, c: validity.check_batch(_neutral(c), ctx.global_batch) is None),
     Predicate("tp divides every tensor-parallel width", ("tp",),
-              lambda ctx, c: c["tp"] == 1 or (bool(ctx.profile.tp_units) and all(u % c["tp"] == 0 for u in ctx.profile.tp_units))),
-    Predicate("asynchronous updates need independent replicas (no tp, no pp) and several workers", ("sync", "tp", "pp", "dp", "threads"),
-              lambda ctx, c: c["sync"] is Sync.SYNC or (c["tp"] == 1 and c["pp"] == 1 and (c["dp"] > 1 or c["threads"] > 1))),
-    Predicate("feature partitioning needs a Linear input layer and only dp", ("data_partition", "tp", "pp", "sync", "subnet", "dp"),
-              lambda ctx, c: c["data_partition"] is DataPartition.SAMPLES
-              or (ctx.profile.feature_dim is not None and c["tp"] == c["pp"] == 1 and c["sync"] is Sync.SYNC
-                  and not c["subnet"] and 1 < c["dp"] <= ctx.profile.feature_dim)),
-    Predicate("subnetwork training needs MLP Linear pairs, only dp, and at most 8 workers (the published regime)",
-              ("subnet", "tp", "pp", "dp", "sync"),
-              lambda ctx, c: not c["subnet"] or (1 < c["dp"] <= 8 and c["tp"] == c["pp"] == 1 and c["sync"] is Sync.SYNC
-                                                 and any(is_mlp_layer(l.stats) for l in ctx.profile.layers))),
-    Predicate("threads combine only with dp", ("threads", "tp", "pp"), lambda ctx, c: c["threads"] == 1 or c["tp"] == c["pp"] == 1),
+              lambda ctx, c: validity.check_tensor_parallel(_neutral(c), ctx.facts) is None),
+    Predicate("asynchronous updates need independent replicas (no tp, no pp) and several workers (Hogwild: dp=1)",
+              ("sync", "tp", "pp", "dp", "threads"), lambda ctx, c: validity.check_async(_neutral(c)) is None),
+    Predicate("feature partitioning needs a Linear input layer, only dp, and dp > 1", ("data_partition", "tp", "pp", "sync", "dp"),
+              _features_ok),
+    Predicate(f"subnetwork training needs MLP Linear pairs, only dp, and at most {MAX_SUBNET_WORKERS} workers (the published regime)",
+              ("subnet", "sync", "data_partition", "tp", "pp", "dp"), _subnet_ok),
+    Predicate("threads combine only with dp (what the cost model prices)", ("threads", "tp", "pp"),
+              lambda ctx, c: validity.check_priced_threads(_neutral(c)) is None),
 )
 
 
@@ -138,8 +171,11 @@ def structures(ctx: SearchContext, pruned: Optional[dict[str, int]] = None) -> I
 
 def microbatches(ctx: SearchContext, c: Partial) -> list[int]:
     """Micro-batch sizes, largest first. Without a pipeline, splitting the batch only saves
-    memory; with one, more micro-batches shrink the bubble, so sizes down to 1 are tried."""
+    memory; with one, more micro-batches shrink the bubble, so sizes down to 1 are tried.
+    Subnetworks and Hogwild workers take no micro-batches (validity.check_subnet, check_async)."""
     local = ctx.global_batch if c["data_partition"] is DataPartition.FEATURES else ctx.global_batch // c["dp"]
+    if c["subnet"] or (c["sync"] is Sync.ASYNC and c["threads"] > 1):
+        return [local]
     sizes = [b for b in _divisors(local) if (b & (b - 1) == 0 and b <= 64) or b == local]  # powers of two, or all
     if c["pp"] > 1:
         sizes = [b for b in sizes if local // b >= c["pp"]]
@@ -151,23 +187,25 @@ def schedules(ctx: SearchContext, c: Partial, m: int) -> list[tuple[Schedule, in
     time of 1F1B and holds all m micro-batches (the planner reports it as dominated)."""
     if c["pp"] == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
-    layers = ctx.profile.pipeline_blocks
+    layers = ctx.facts.layers
     out = [(Schedule.ONE_F_ONE_B, 1)]
     if m % c["pp"] == 0:
         out += [(Schedule.INTERLEAVED, v) for v in (2, 4, 8) if c["pp"] * v <= layers]
     return out
 
 
-def sequence_parallel(c: Partial) -> list[bool]:
+def sequence_parallel(ctx: SearchContext, c: Partial) -> list[bool]:
     """With tp > 1, sequence parallelism moves the same bytes (reduce-scatter + all-gather
     instead of all-reduce), divides norms and dropout by tp and their activations too:
-    it dominates (Korthikanti et al. 2022, Table 4), so only it is searched."""
-    return [c["tp"] > 1]
+    it dominates (Korthikanti et al. 2022, Table 4), so only it is searched where the
+    rules allow it (a transformer whose seq_len tp divides)."""
+    s = Strategy(tp=c["tp"], sequence_parallel=True)
+    return [c["tp"] > 1 and validity.check_sequence_parallel(s, ctx.facts) is None]
 
 
 def recomputes(ctx: SearchContext) -> list[Recompute]:
-    has_core = any(l.stats.has_core for l in ctx.profile.layers)
-    return [Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL] if has_core else [Recompute.NONE, Recompute.FULL]
+    """Those the model allows (selective needs attention cores, full a `layers` list), least first."""
+    return [rc for rc in Recompute if validity.check_recompute(Strategy(recompute=rc), ctx.facts) is None]
 
 
 def zero_stages(c: Partial) -> list[int]:
