@@ -86,11 +86,16 @@ def facts_from_model(mdef: "ModelDef", spec: Optional[ModelSpec]) -> ModelFacts:
     module = mdef.module
     layers = getattr(module, "layers", None)
     feature = module.get_submodule(mdef.feature_layer) if mdef.feature_layer else None
+    plan = mdef.tp_plan
+    if plan is None and any(p.is_meta for p in module.parameters()):
+        from autopar.profile.profiler import tp_plan_of
+
+        plan = tp_plan_of(mdef)  # no declared plan: the Linear pairs the profiler finds
     return ModelFacts(
         name=mdef.name,
         layers=len(layers) if isinstance(layers, nn.ModuleList) else 0,
-        has_tp_plan=bool(mdef.tp_plan),
-        tp_units=_head_units(spec) + _planned_units(module, mdef.tp_plan or {}),
+        has_tp_plan=bool(plan),
+        tp_units=_head_units(spec) + _planned_units(module, plan or {}),
         seq_len=spec.seq_len if isinstance(spec, (GPTSpec, LlamaSpec)) else None,
         feature_dim=feature.in_features if isinstance(feature, nn.Linear) else None,
         hidden_widths=tuple(g.width for g in hidden_groups(module)),

@@ -154,12 +154,14 @@ def _build_user(spec: ModuleSpec) -> ModelDef:
 def user_loss(output: Any, target: Optional[torch.Tensor]) -> torch.Tensor:
     """Loss of a user module: cross-entropy for integer targets, MSE for float targets,
     the output itself if it is a scalar, else the mean square of the output."""
+    from autopar.models.attention import at_least_fp32
+
     out = output[0] if isinstance(output, (tuple, list)) else output
     if target is None:
-        return out if out.dim() == 0 else out.float().pow(2).mean()
+        return out if out.dim() == 0 else at_least_fp32(out).pow(2).mean()
     if target.dtype.is_floating_point:
-        return F.mse_loss(out.float(), target.float())
-    return F.cross_entropy(out.flatten(0, -2).float(), target.flatten())
+        return F.mse_loss(at_least_fp32(out), at_least_fp32(target))
+    return F.cross_entropy(at_least_fp32(out.flatten(0, -2)), target.flatten())
 
 
 def synthetic_batch(mdef: ModelDef, batch: int, seed: int, device: str | torch.device = "cpu", float_dtype: torch.dtype = torch.float32):

@@ -56,13 +56,14 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, T, nh * hd)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Losses in at least fp32, as Megatron does: bf16/fp16 upcast; fp64 stays fp64 (equivalence tests)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss; logits (B, T, V), target (B, T). Computed in at least fp32, as
-    Megatron does: bf16/fp16 logits are upcast; fp64 stays fp64 (equivalence tests)."""
-    logits = logits.flatten(0, 1)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, target.flatten(0, 1))
+    """Mean next-token loss; logits (B, T, V), target (B, T)."""
+    return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), target.flatten(0, 1))
 
 
 def init_transformer_(module: nn.Module, std: float = 0.02) -> None:

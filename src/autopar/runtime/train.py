@@ -76,11 +76,23 @@ def make_trainer(recipe: Recipe, s: Strategy, ctx: RankContext, precision: Preci
     return StandardTrainer(recipe, s, ctx, precision, steps)
 
 
+def with_tp_plan(mdef, recipe: Recipe, s: Strategy):
+    """A model without a declared tp_plan gets the Linear pairs the profiler detects
+    (found on a meta copy: same module names, no weights)."""
+    if s.tp == 1 or mdef.tp_plan is not None:
+        return mdef
+    from dataclasses import replace
+
+    from autopar.profile.profiler import tp_plan_of
+
+    return replace(mdef, tp_plan=tp_plan_of(build_model(recipe.model, "meta")))
+
+
 class StandardTrainer:
     """Synchronous strategies (DDP, ZeRO, TP, PP, features) and local SGD."""
 
     def __init__(self, recipe: Recipe, s: Strategy, ctx: RankContext, precision: PrecisionPlan, steps: int):
-        mdef = build_model(recipe.model, ctx.device, precision.param_dtype, recipe.training.seed)
+        mdef = with_tp_plan(build_model(recipe.model, ctx.device, precision.param_dtype, recipe.training.seed), recipe, s)
         self.s, self.ctx, self.precision, self.loss_fn = s, ctx, precision, mdef.loss
         self.source = BatchSource(mdef, recipe, ctx.device, precision.param_dtype)
         self.par = parallelize(mdef, s, ctx, recipe.training, precision)

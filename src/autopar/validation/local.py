@@ -71,9 +71,14 @@ def measured_step_s(report: dict, warmup: int = 1) -> float:
 
 def validate(recipe: Recipe, recipe_path: str, cluster: Cluster, strategies: Sequence[tuple[Strategy, str]], steps: int,
              cluster_path: Optional[str] = None, progress=None) -> list[Row]:
+    """Run each strategy the rules accept (others are skipped) and pair it with its estimate."""
+    from autopar.cost.validity import strategy_problem
+
     model = CostModel.for_recipe(recipe, cluster)
     rows = []
     for s, source in strategies:
+        if strategy_problem(s, model.profile, recipe.training.global_batch, cluster):
+            continue
         est = model.estimate(s)
         try:
             rep = measure(recipe_path, s, steps, cluster_path)
