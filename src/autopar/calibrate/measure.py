@@ -60,11 +60,73 @@ def copy_bandwidth(nbytes: int, threads: int, repeats: int = 5) -> float:
     return 2.0 * nbytes / t
 
 
-def op_overhead_s(repeats: int = 2000) -> float:
-    """Seconds of eager dispatch per small operator."""
-    x = torch.ones(8)
-    t = _median_time(lambda: [x.add(1.0) for _ in range(100)], 10)
-    return t / 100
+def _mlp_step(width: int, depth: int, batch: int, threads: int, repeats: int = 5) -> float:
+    """Seconds of one training step (forward, backward, SGD) of a Linear+ReLU stack."""
+    from torch import nn
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(width, width), nn.ReLU())])
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = torch.randn(batch, width)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            model(x).pow(2).mean().backward()
+            opt.step()
+
+        return _median_time(step, repeats)
+    finally:
+        torch.set_num_threads(old)
+
+
+def probe_step_alone_s(repeats: int = 8) -> float:
+    """The data-parallel probe's MLP step (see _data_parallel_factors) in this process alone."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for i in range(5) for m in (nn.Linear(512 if i else 256, 512), nn.ReLU())], nn.Linear(512, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(128, 256), torch.randint(0, 10, (128,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _median_time(step, repeats)
+    finally:
+        torch.set_num_threads(old)
+
+
+def op_overhead_s() -> float:
+    """Host seconds per operator of a real training step (dispatch, autograd, module calls):
+    a 16-layer stack of 8-wide Linears does next to no arithmetic."""
+    from autopar.profile.profiler import profile_model
+    from autopar.spec.enums import Precision
+    from autopar.spec.recipe import MLPSpec
+
+    depth, width = 16, 8
+    prof = profile_model(MLPSpec(family="mlp", input_dim=width, widths=[width] * (depth - 1), classes=width), Precision.FP32)
+    ops = sum(l.stats.forward_ops + l.stats.backward_ops for l in prof.layers)
+    return _mlp_step(width, depth, 8, 1, repeats=30) / ops
+
+
+def thread_efficiency(threads: int) -> float:
+    """k threads deliver 1 + (k-1) e of one thread's speed on a mid-sized training step.
+    Interleaved 1-thread and k-thread steps, best of each: a busy neighbour slows either."""
+    if threads < 2:
+        return 1.0
+    ones, manys = [], []
+    for _ in range(4):
+        ones.append(_mlp_step(512, 4, 512, 1, repeats=3))
+        manys.append(_mlp_step(512, 4, 512, threads, repeats=3))
+    return max(0.0, min(1.0, (min(ones) / min(manys) - 1) / (threads - 1)))
 
 
 @dataclass(frozen=True)
@@ -75,6 +137,10 @@ class CollectiveTimes:
     all_gather_s: tuple[float, ...]  # full (gathered) tensor of `size` bytes
     reduce_scatter_s: tuple[float, ...]
     send_recv_s: tuple[float, ...]
+    tp_module_overhead_s: float = 0.0
+    ddp_factor: float = 1.0
+    fsdp_factor: float = 1.0
+    concurrent_step_s: float = 0.0  # the probe MLP's step with every rank computing at once
 
 
 def free_port() -> int:
@@ -135,10 +201,107 @@ def _worker(rank: int, ranks: int, port: int, sizes: list[int], repeats: int, ou
                 dist.recv(full, 0)
 
         result["send_recv"].append(timed(ping))
+    result["tp_module_overhead_s"] = _tp_module_overhead(ranks, repeats) if backend == "gloo" else 0.0
+    if backend == "gloo":
+        result.update(_data_parallel_factors(repeats))
     if rank == 0:
         Path(out).write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _data_parallel_factors(repeats: int) -> dict:
+    """How much longer DDP and FSDP2 (ZeRO-3) make a step than their raw collectives
+    take: bucket copies, hooks, parameter copy-in/out. Measured on a 5-layer MLP
+    (1.2 M parameters): (step with sync - step without) / (raw collective time)."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(*[m for i in range(5) for m in (nn.Linear(512 if i else 256, 512), nn.ReLU())], nn.Linear(512, 10))
+
+    x, y = torch.randn(128, 256), torch.randint(0, 10, (128,))
+
+    def step_time(model) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        times = []
+        for i in range(max(8, repeats * 2)):
+            dist.barrier()
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times[2:])
+
+    plain = mlp()
+    numel = sum(p.numel() for p in plain.parameters())
+    t_plain = step_time(plain)
+    t_ddp = step_time(DDP(mlp()))
+    sharded = mlp()
+    for layer in sharded:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(sharded)
+    t_fsdp = step_time(sharded)
+    ranks = dist.get_world_size()
+    full, shard = torch.ones(numel // ranks * ranks), torch.ones(numel // ranks)
+
+    def raw(fn) -> float:
+        times = []
+        for _ in range(max(8, repeats * 2)):
+            dist.barrier()
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times[2:])
+
+    t_ar = raw(lambda: dist.all_reduce(full))
+    t_fsdp_raw = 2 * raw(lambda: _all_gather(full, shard)) + raw(lambda: _reduce_scatter(shard, full))
+    return {"ddp_factor": max(1.0, (t_ddp - t_plain) / t_ar), "fsdp_factor": max(1.0, (t_fsdp - t_plain) / t_fsdp_raw),
+            "concurrent_step_s": t_plain}
+
+
+def _tp_module_overhead(ranks: int, repeats: int) -> float:
+    """Host seconds per tensor-parallel module per forward+backward: a tiny Megatron pair
+    under DTensor (ColwiseParallel, RowwiseParallel) against the same pair in plain PyTorch,
+    less its two all-reduces, halved."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    def pair():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 16 * ranks), nn.ReLU(), nn.Linear(16 * ranks, 16))
+
+    x = torch.randn(4, 16, requires_grad=True)
+    plain, split = pair(), pair()
+    parallelize_module(split, init_device_mesh("cpu", (ranks,)), {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    small = torch.ones(16)
+
+    def timed(fn) -> float:
+        dist.barrier()
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(max(10, repeats * 3)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    t_plain = timed(lambda: plain(x).sum().backward())
+    t_split = timed(lambda: split(x).sum().backward())
+    t_reduce = timed(lambda: dist.all_reduce(small))
+    return max(0.0, (t_split - t_plain - 2 * t_reduce) / 2)
 
 
 def collectives(ranks: int, sizes: list[int], repeats: int = 5) -> CollectiveTimes:
@@ -151,4 +314,7 @@ def collectives(ranks: int, sizes: list[int], repeats: int = 5) -> CollectiveTim
         out = str(Path(tmp) / "times.json")
         mp.spawn(_worker, args=(ranks, free_port(), sizes, repeats, out), nprocs=ranks, join=True)
         data = json.loads(Path(out).read_text())
-    return CollectiveTimes(ranks, tuple(sizes), *(tuple(data[k]) for k in ("all_reduce", "all_gather", "reduce_scatter", "send_recv")))
+    return CollectiveTimes(ranks, tuple(sizes), *(tuple(data[k]) for k in ("all_reduce", "all_gather", "reduce_scatter", "send_recv")),
+                           tp_module_overhead_s=data.get("tp_module_overhead_s", 0.0),
+                           ddp_factor=data.get("ddp_factor", 1.0), fsdp_factor=data.get("fsdp_factor", 1.0),
+                           concurrent_step_s=data.get("concurrent_step_s", 0.0))

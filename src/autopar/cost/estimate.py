@@ -122,6 +122,8 @@ class CostModel:
         self.peak = cluster.device.peak_flops_for(work.precision)
         self.model_flops_per_sample = profile.forward_flops + profile.backward_flops
         self.param_bytes, self.grad_bytes, self.state_bytes = bytes_per_param(work.optimizer, work.precision)
+        dev = cluster.device
+        self.comm_overlap = dev.comm_overlap if dev.comm_overlap is not None else eff.comm_overlap
         self._tables: dict[tuple, LayerTable] = {}
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
         self._ranks: dict[tuple, _RankSet] = {}
@@ -156,11 +158,15 @@ class CostModel:
         dev = self.cluster.device
         flops = self.peak * (1 + (s.threads - 1) * dev.thread_efficiency)
         bw = dev.memory_bandwidth_Bps * s.threads
-        if dev.shared_memory:  # the node's processes share one memory bus
+        overhead = dev.op_overhead_s
+        if dev.shared_memory:  # the node's processes share one memory bus, caches and clocks
             processes = max(1, used_per_node // s.threads)
             bw = min(bw, self.cluster.node_bandwidth_Bps / processes)
+            if processes > 1:
+                flops *= dev.concurrency_efficiency
+                overhead /= dev.concurrency_efficiency
         fusion = 1.0 if dev.shared_memory else self.eff.accelerator_fusion
-        return DeviceRate(flops, bw, dev.op_overhead_s, fusion, self.profile.dtype_bytes)
+        return DeviceRate(flops, bw, overhead, fusion, self.profile.dtype_bytes)
 
     def table(self, s: Strategy, b: int, topo: _Topology, rate: DeviceRate) -> LayerTable:
         subnet_split = s.dp if s.subnet else 1
@@ -186,7 +192,8 @@ class CostModel:
                     c = _feature_layer_costs(stats, b, s, rate, eff, lambda n: coll.all_reduce_s(n, topo.dp, cluster, eff))
                 else:
                     c = layer_costs(stats, b, s.tp, s.sequence_parallel, s.recompute, rate, eff,
-                                    lambda n: coll.all_reduce_s(n, topo.tp, cluster, eff))
+                                    lambda n: coll.all_reduce_s(n, topo.tp, cluster, eff),
+                                    tp_module_overhead_s=cluster.device.tp_module_overhead_s)
                 by_stats[key] = c
             costs.append(by_stats[key])
         return LayerTable(costs)
@@ -329,14 +336,17 @@ class CostModel:
             return local_sgd_sync(pair * self.param_bytes / s.dp, topo.dp, s.sync_every, cl, eff).exposed_s
         if s.sync is Sync.ASYNC:
             return local_sgd_sync(slow.params * 4, topo.dp, s.sync_every, cl, eff).exposed_s
-        window = slow.backward_s * eff.comm_overlap
+        overlap = self.comm_overlap
+        window = slow.backward_s * overlap
+        link = cl.intra_node if topo.dp.nodes == 1 else cl.inter_node
         if s.zero == 0:
-            return ddp_sync(grads, topo.dp, window, cl, eff).exposed_s
-        if s.zero in (1, 2):
-            return zero12_sync(grads, slow.params * self.param_bytes, topo.dp, window, cl, eff).exposed_s
+            return ddp_sync(grads, topo.dp, window, cl, eff).exposed_s * link.ddp_factor
+        if s.zero in (1, 2):  # ZeRO-1 runs as DDP + sharded optimizer, ZeRO-2 as FSDP2 (runtime/sharding.py)
+            factor = link.ddp_factor if s.zero == 1 else link.fsdp_factor
+            return zero12_sync(grads, slow.params * self.param_bytes, topo.dp, window, cl, eff).exposed_s * factor
         gathers = 3 if s.recompute is Recompute.FULL else 2
-        traffic = zero3_traffic_s(slow.params * self.param_bytes, grads, gathers, m, topo.dp, cl, eff)
-        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s) * eff.comm_overlap
+        traffic = zero3_traffic_s(slow.params * self.param_bytes, grads, gathers, m, topo.dp, cl, eff) * link.fsdp_factor
+        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s) * overlap
         layer = slow.params / max(1, self.n_layers)  # the first gather and the last reduce-scatter cannot hide
         ends = coll.all_gather_s(layer * self.param_bytes, topo.dp, cl, eff) + coll.reduce_scatter_s(layer * self.grad_bytes, topo.dp, cl, eff)
         return max(0.0, traffic - busy) + ends

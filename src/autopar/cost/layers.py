@@ -43,7 +43,7 @@ FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward
 
 
 def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompute, rate: DeviceRate,
-                eff: Efficiency, all_reduce: CommFn, split_params: bool = True) -> LayerCosts:
+                eff: Efficiency, all_reduce: CommFn, split_params: bool = True, tp_module_overhead_s: float = 0.0) -> LayerCosts:
     """Costs of `stats` at micro-batch b. all_reduce(bytes) prices one TP collective;
     with sequence parallelism it stands for the reduce-scatter + all-gather pair (same bytes)."""
     c = layer_compute(stats, b, tp, sp, rate, eff)
@@ -52,6 +52,8 @@ def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompu
         n_f, n_b = stats.tp_fwd_allreduces, stats.tp_bwd_allreduces
         tp_f = n_f * all_reduce(stats.tp_fwd_allreduce_bytes * b / n_f) if n_f else 0.0
         tp_b = n_b * all_reduce(stats.tp_bwd_allreduce_bytes * b / n_b) if n_b else 0.0
+        host = len(stats.tp_styles) * tp_module_overhead_s / 3  # forward ~1/3, backward ~2/3 of the dispatch work
+        tp_f, tp_b = tp_f + host, tp_b + 2 * host
     if recompute is Recompute.FULL:
         recompute_s = c.forward_s + tp_f  # the whole forward again, its all-reduces included
     elif recompute is Recompute.SELECTIVE and stats.has_core:

@@ -31,6 +31,9 @@ class Device:
     shared_memory: bool = False  # the devices of a node share one memory (CPU cores)
     op_overhead_s: float = 5e-6  # fixed cost per operator launch (eager dispatch)
     thread_efficiency: float = 1.0  # k threads in one process deliver 1 + (k-1) * this of one's FLOP/s
+    comm_overlap: Optional[float] = None  # fraction of compute communication hides under (None: the fitted default)
+    tp_module_overhead_s: float = 0.0  # host time per tensor-parallel module per forward+backward (DTensor dispatch)
+    concurrency_efficiency: float = 1.0  # speed of each device when all of a node's devices compute at once (shared caches, clocks)
 
     def peak_flops_for(self, precision: Precision) -> float:
         try:
@@ -49,6 +52,8 @@ class Link:
     bandwidth_Bps: float
     latency_s: float
     gather_factor: float = 1.0  # all-gather / reduce-scatter run this much slower per byte than ring theory (gloo: ~3-4)
+    ddp_factor: float = 1.0  # a DDP step's gradient sync takes this many times its raw all-reduce (bucket copies, hooks)
+    fsdp_factor: float = 1.0  # FSDP2's per-step traffic takes this many times its raw all-gathers/reduce-scatters
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,17 @@ class DeviceSpec(_Spec):
     shared_memory: bool = False
     op_overhead_us: Optional[PositiveFloat] = None
     thread_efficiency: Optional[float] = None
+    comm_overlap: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = None
+    tp_module_overhead_us: Annotated[float, Field(ge=0.0)] = 0.0
+    concurrency_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
 class LinkSpec(_Spec):
     bandwidth_GBps: PositiveFloat
     latency_us: Annotated[float, Field(ge=0)] = 5.0
     gather_factor: Annotated[float, Field(ge=1.0)] = 1.0
+    ddp_factor: Annotated[float, Field(ge=1.0)] = 1.0
+    fsdp_factor: Annotated[float, Field(ge=1.0)] = 1.0
 
 
 class ClusterSpec(_Spec):
@@ -141,6 +151,9 @@ def device_preset(name: str, field_path: str = "cluster.device") -> Device:
         shared_memory=bool(d.get("shared_memory", False)),
         op_overhead_s=d.get("op_overhead_us", 5.0) * 1e-6,
         thread_efficiency=float(d.get("thread_efficiency", 1.0)),
+        comm_overlap=d.get("comm_overlap"),
+        tp_module_overhead_s=float(d.get("tp_module_overhead_us", 0.0)) * 1e-6,
+        concurrency_efficiency=float(d.get("concurrency_efficiency", 1.0)),
     )
 
 
@@ -152,11 +165,14 @@ def _device(spec: Union[str, DeviceSpec]) -> Device:
         raise InputError("cluster.device.peak_tflops", {}, "give at least one of fp32, bf16, fp16 in TFLOP/s")
     overhead = (spec.op_overhead_us if spec.op_overhead_us is not None else (20.0 if spec.shared_memory else 5.0)) * 1e-6
     threads = spec.thread_efficiency if spec.thread_efficiency is not None else 1.0
-    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source, spec.shared_memory, overhead, threads)
+    overlap = spec.comm_overlap if spec.comm_overlap is not None else (0.0 if spec.shared_memory else None)
+    return Device(spec.name, spec.memory_GB * GB, peaks, spec.memory_bandwidth_GBps * GB, spec.source, spec.shared_memory,
+                  overhead, threads, overlap, spec.tp_module_overhead_us * 1e-6, spec.concurrency_efficiency)
 
 
 def _link(spec: LinkSpec) -> Link:
-    return Link(bandwidth_Bps=spec.bandwidth_GBps * GB, latency_s=spec.latency_us * 1e-6, gather_factor=spec.gather_factor)
+    return Link(bandwidth_Bps=spec.bandwidth_GBps * GB, latency_s=spec.latency_us * 1e-6, gather_factor=spec.gather_factor,
+                ddp_factor=spec.ddp_factor, fsdp_factor=spec.fsdp_factor)
 
 
 def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
@@ -217,6 +233,9 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
             "shared_memory": d.shared_memory,
             "op_overhead_us": round(d.op_overhead_s * 1e6, 3),
             "thread_efficiency": round(d.thread_efficiency, 4),
+            **({"comm_overlap": d.comm_overlap} if d.comm_overlap is not None else {}),
+            "tp_module_overhead_us": round(d.tp_module_overhead_s * 1e6, 2),
+            "concurrency_efficiency": round(d.concurrency_efficiency, 3),
             "source": d.source,
         },
         "nodes": cluster.nodes,
@@ -231,6 +250,7 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
 
 def _link_dict(link: Link) -> dict[str, Any]:
     out = {"bandwidth_GBps": round(link.bandwidth_Bps / GB, 4), "latency_us": round(link.latency_s * 1e6, 2)}
-    if link.gather_factor != 1.0:
-        out["gather_factor"] = round(link.gather_factor, 3)
+    for key in ("gather_factor", "ddp_factor", "fsdp_factor"):
+        if getattr(link, key) != 1.0:
+            out[key] = round(getattr(link, key), 3)
     return out

@@ -28,6 +28,7 @@ class Row:
     predicted_memory_bytes: float
     measured_memory_bytes: Optional[float]
     error: Optional[str] = None
+    steps_factor: float = 1.0  # statistical efficiency the planner charges (asynchronous, subnetworks)
 
     def to_dict(self) -> dict:
         return {"strategy": self.strategy.to_text(), "source": self.source,
@@ -82,9 +83,10 @@ def validate(recipe: Recipe, recipe_path: str, cluster: Cluster, strategies: Seq
         est = model.estimate(s)
         try:
             rep = measure(recipe_path, s, steps, cluster_path)
-            rows.append(Row(s, source, est.step_time_s, measured_step_s(rep), est.memory_per_device_bytes, float(rep["peak_memory_bytes"])))
+            rows.append(Row(s, source, est.step_time_s, measured_step_s(rep), est.memory_per_device_bytes,
+                            float(rep["peak_memory_bytes"]), steps_factor=est.steps_factor))
         except (RuntimeError, subprocess.TimeoutExpired) as err:
-            rows.append(Row(s, source, est.step_time_s, None, est.memory_per_device_bytes, None, str(err)[:300]))
+            rows.append(Row(s, source, est.step_time_s, None, est.memory_per_device_bytes, None, str(err)[:300], est.steps_factor))
         if progress:
             progress(rows[-1])
     return rows
@@ -121,7 +123,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
 class Scores:
     mape: float
     spearman: float
-    regret: float  # measured time of the planner's choice / best measured - 1
+    regret: float  # measured time to train of the planner's choice / the best measured - 1
 
     def to_dict(self) -> dict:
         return {"mape": self.mape, "spearman": self.spearman, "regret": self.regret}
@@ -132,6 +134,7 @@ def score(rows: Sequence[Row]) -> Scores:
     mape = statistics.mean(abs(r.predicted_step_time_s / r.measured_step_time_s - 1) for r in ok) if ok else float("nan")
     rho = spearman([r.predicted_step_time_s for r in ok], [r.measured_step_time_s for r in ok])
     chosen = next((r for r in ok if r.source == "plan 1"), None)
-    best = min((r.measured_step_time_s for r in ok), default=None)
-    regret = chosen.measured_step_time_s / best - 1 if chosen and best else float("nan")
+    # the planner's objective: steps x statistical-efficiency factor x step time
+    best = min((r.measured_step_time_s * r.steps_factor for r in ok), default=None)
+    regret = chosen.measured_step_time_s * chosen.steps_factor / best - 1 if chosen and best else float("nan")
     return Scores(mape, rho, regret)
