@@ -43,7 +43,7 @@ def run(args) -> int:
     strategy = best.strategy
     print(f"\n== 2. run plan 1 ({strategy.to_text()}) for {args.steps} steps under torchrun ==", flush=True)
     rdzv = Rendezvous()
-    preflight(recipe, strategy, strategy.devices, rdzv)
+    preflight(recipe, strategy, strategy.devices, rdzv.nnodes)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         worker = WorkerArgs(args.recipe, strategy, args.steps, cluster=args.cluster, report=str(report))
