@@ -210,6 +210,19 @@ def _worker(rank: int, ranks: int, port: int, sizes: list[int], repeats: int, ou
     dist.destroy_process_group()
 
 
+def synced_median_s(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
+    """Median seconds of fn, every rank starting each repetition together (barrier)."""
+    import torch.distributed as dist
+
+    times = []
+    for _ in range(repeats + warmup):
+        dist.barrier()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[warmup:])
+
+
 def _data_parallel_factors(repeats: int) -> dict:
     """How much longer DDP and FSDP2 (ZeRO-3) make a step than their raw collectives
     take: bucket copies, hooks, parameter copy-in/out. Measured on a 5-layer MLP
@@ -233,13 +246,7 @@ def _data_parallel_factors(repeats: int) -> dict:
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
 
-        times = []
-        for i in range(max(8, repeats * 2)):
-            dist.barrier()
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times[2:])
+        return synced_median_s(step, max(8, repeats * 2))
 
     plain = mlp()
     numel = sum(p.numel() for p in plain.parameters())
@@ -254,17 +261,9 @@ def _data_parallel_factors(repeats: int) -> dict:
     ranks = dist.get_world_size()
     full, shard = torch.ones(numel // ranks * ranks), torch.ones(numel // ranks)
 
-    def raw(fn) -> float:
-        times = []
-        for _ in range(max(8, repeats * 2)):
-            dist.barrier()
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times[2:])
-
-    t_ar = raw(lambda: dist.all_reduce(full))
-    t_fsdp_raw = 2 * raw(lambda: _all_gather(full, shard)) + raw(lambda: _reduce_scatter(shard, full))
+    n = max(8, repeats * 2)
+    t_ar = synced_median_s(lambda: dist.all_reduce(full), n)
+    t_fsdp_raw = 2 * synced_median_s(lambda: _all_gather(full, shard), n) + synced_median_s(lambda: _reduce_scatter(shard, full), n)
     return {"ddp_factor": max(1.0, (t_ddp - t_plain) / t_ar), "fsdp_factor": max(1.0, (t_fsdp - t_plain) / t_fsdp_raw),
             "concurrent_step_s": t_plain}
 
@@ -287,20 +286,10 @@ def _tp_module_overhead(ranks: int, repeats: int) -> float:
     parallelize_module(split, init_device_mesh("cpu", (ranks,)), {"0": ColwiseParallel(), "2": RowwiseParallel()})
     small = torch.ones(16)
 
-    def timed(fn) -> float:
-        dist.barrier()
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(max(10, repeats * 3)):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    t_plain = timed(lambda: plain(x).sum().backward())
-    t_split = timed(lambda: split(x).sum().backward())
-    t_reduce = timed(lambda: dist.all_reduce(small))
+    n = max(10, repeats * 3)
+    t_plain = synced_median_s(lambda: plain(x).sum().backward(), n, warmup=3)
+    t_split = synced_median_s(lambda: split(x).sum().backward(), n, warmup=3)
+    t_reduce = synced_median_s(lambda: dist.all_reduce(small), n, warmup=3)
     return max(0.0, (t_split - t_plain - 2 * t_reduce) / 2)
 
 

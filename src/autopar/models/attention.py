@@ -75,3 +75,35 @@ def init_transformer_(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
+
+
+class NormHead(nn.Module):
+    """Final norm and the output projection to the vocabulary: (B, T, h) -> (B, T, V)."""
+
+    def __init__(self, norm: nn.Module, hidden: int, vocab: int):
+        super().__init__()
+        self.norm = norm
+        self.out = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(x))
+
+
+class DecoderLM(nn.Module):
+    """embed -> layers (identical blocks) -> head: the layout pipelining cuts (between
+    blocks, the embedding riding with the first, the head with the last)."""
+
+    def __init__(self, embed: nn.Module, blocks: list, head: NormHead, tie_embeddings: bool):
+        super().__init__()
+        self.embed = embed
+        self.layers = nn.ModuleList(blocks)
+        self.head = head
+        if tie_embeddings:
+            self.head.out.weight = self.embed.tok.weight
+        init_transformer_(self)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autopar.models.attention import CoreAttention, init_transformer_, dropout_or_identity, merge_heads, split_heads
+from autopar.models.attention import CoreAttention, DecoderLM, NormHead, dropout_or_identity, merge_heads, split_heads
 from autopar.spec.recipe import GPTSpec
 
 
@@ -68,31 +68,10 @@ class GPTBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPTHead(nn.Module):
+class GPT(DecoderLM):
     def __init__(self, spec: GPTSpec):
-        super().__init__()
-        self.norm = nn.LayerNorm(spec.hidden)
-        self.out = nn.Linear(spec.hidden, spec.vocab, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, h) -> (B, T, V)
-        return self.out(self.norm(x))
-
-
-class GPT(nn.Module):
-    def __init__(self, spec: GPTSpec):
-        super().__init__()
-        self.embed = GPTEmbedding(spec)
-        self.layers = nn.ModuleList(GPTBlock(spec) for _ in range(spec.layers))
-        self.head = GPTHead(spec)
-        if spec.tie_embeddings:
-            self.head.out.weight = self.embed.tok.weight
-        init_transformer_(self)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(x)
+        head = NormHead(nn.LayerNorm(spec.hidden), spec.hidden, spec.vocab)
+        super().__init__(GPTEmbedding(spec), [GPTBlock(spec) for _ in range(spec.layers)], head, spec.tie_embeddings)
 
     @staticmethod
     def tp_plan() -> dict[str, str]:

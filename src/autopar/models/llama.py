@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autopar.models.attention import CoreAttention, init_transformer_, on_meta, merge_heads, split_heads
+from autopar.models.attention import CoreAttention, DecoderLM, NormHead, merge_heads, on_meta, split_heads
 from autopar.spec.recipe import LlamaSpec
 
 
@@ -89,31 +89,10 @@ class LlamaEmbedding(nn.Module):
         return self.tok(tokens)
 
 
-class LlamaHead(nn.Module):
+class Llama(DecoderLM):
     def __init__(self, spec: LlamaSpec):
-        super().__init__()
-        self.norm = nn.RMSNorm(spec.hidden, eps=1e-5)
-        self.out = nn.Linear(spec.hidden, spec.vocab, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(x))
-
-
-class Llama(nn.Module):
-    def __init__(self, spec: LlamaSpec):
-        super().__init__()
-        self.embed = LlamaEmbedding(spec)
-        self.layers = nn.ModuleList(LlamaBlock(spec) for _ in range(spec.layers))
-        self.head = LlamaHead(spec)
-        if spec.tie_embeddings:
-            self.head.out.weight = self.embed.tok.weight
-        init_transformer_(self)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(x)
+        head = NormHead(nn.RMSNorm(spec.hidden, eps=1e-5), spec.hidden, spec.vocab)
+        super().__init__(LlamaEmbedding(spec), [LlamaBlock(spec) for _ in range(spec.layers)], head, spec.tie_embeddings)
 
     @staticmethod
     def tp_plan() -> dict[str, str]:
