@@ -52,7 +52,7 @@ def main() -> None:
     if cluster_path is None:
         import yaml
 
-        from autopar.cli.calibrate_cmd import measure_cluster
+        from autopar.calibrate.cluster import measure_cluster
 
         cluster_path = str(ROOT / "benchmarks" / "results" / "cluster-local.yaml")
         Path(cluster_path).parent.mkdir(exist_ok=True)
