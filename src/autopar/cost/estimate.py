@@ -361,9 +361,7 @@ class CostModel:
     def _data_s(self, s: Strategy, busy_s: float) -> float:
         w, cl = self.work, self.cluster
         nodes = max(1, -(-s.devices // cl.devices_per_node))
-        per_node_step = w.global_batch * w.sample_bytes / nodes
-        if s.data_partition is DataPartition.FEATURES:
-            per_node_step /= 1  # each rank reads its slice of every sample: the node still reads whole samples
+        per_node_step = w.global_batch * w.sample_bytes / nodes  # feature partitions still read whole samples per node
         shard = w.samples * w.sample_bytes / nodes
         read = per_node_step / w.storage_Bps if shard > cl.host_memory_bytes * 0.8 else 0.0
         copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / HOST_TO_DEVICE_BPS
