@@ -165,3 +165,14 @@ def test_a_pipeline_that_fits_only_when_cut_by_memory_gets_an_uneven_layout():
                            "nodes": 1, "devices_per_node": 8, "intra_node": {"bandwidth_GBps": 300}})
     e = CostModel.for_recipe(recipe, small, probe.profile).estimate(s)
     assert e.fits and sum(e.stages) == 16 and e.stages[0] < e.stages[-1], e.stages
+
+
+def test_gpipe_throughput_scaling_with_many_microbatches():
+    """GPipe Table 2: with M = 32 micro-batches the bubble is small; normalised throughput
+    for K = 2, 4, 8 stages within 15 % of the paper's."""
+    from autopar.validation.published import gpipe_rows
+
+    rows = [r for r in gpipe_rows(load_runs()) if r[1] == 32]
+    assert len(rows) == 3
+    for K, M, measured, predicted in rows:
+        assert predicted == pytest.approx(measured, rel=0.15), (K, M)

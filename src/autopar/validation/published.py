@@ -203,3 +203,37 @@ def zero_cell_error(paper: float, ours: float) -> float:
     decimals = len(text.split(".")[1].rstrip("0")) if "." in text else 0
     half_unit = 0.5 * 10 ** (-decimals)
     return max(0.0, abs(ours - paper) - half_unit) / paper
+
+
+# Cloud TPU v3 core: 61.5 TFLOP/s bf16 (123 per 2-core chip), 16 GB HBM at ~450 GB/s per core,
+# cores joined by the inter-core interconnect (~70 GB/s per link). Google Cloud TPU docs.
+TPU_V3_CORE = {"device": {"name": "tpu-v3-core", "memory_GB": 16, "peak_tflops": {"bf16": 61.5, "fp32": 15},
+                          "memory_bandwidth_GBps": 450}, "nodes": 1, "devices_per_node": 8,
+               "intra_node": {"bandwidth_GBps": 70, "latency_us": 5}}
+
+
+def gpipe_rows(runs: list[dict[str, Any]], microbatch: int = 4) -> list[tuple[int, int, float, float]]:
+    """(K stages, M micro-batches, measured, predicted) normalised throughput of GPipe's
+    Transformer-48 (Huang et al. 2019, Table 2; normalised to K=2, M=1), GPipe schedule
+    with re-materialisation. The micro-batch size is not stated; `microbatch` is assumed."""
+    run = next((r for r in runs if r["id"] == "gpipe_tpu_transformer"), None)
+    if run is None:
+        return []
+    m = run["model"]
+    model = {"family": "gpt", "layers": m["layers"], "hidden": m["hidden"], "heads": m["heads"], "seq_len": m["seq_len"],
+             "vocab": m["vocab"], "ffn_hidden": m["ffn_hidden"]}
+    cluster = parse_cluster(TPU_V3_CORE)
+    measured = run["measured"]["normalized_throughput_K2_K4_K8"]
+    throughput = {}
+    profile = None
+    for M in run["config"]["microbatches"]:
+        recipe = parse_recipe({"model": model, "data": {"samples": 10**6},
+                               "training": {"global_batch": M * microbatch, "precision": "bf16", "optimizer": "adam"}})
+        profile = profile or _profile(recipe)
+        cm = CostModel.for_recipe(recipe, cluster, profile)
+        for K in run["config"]["pp"]:
+            s = Strategy(pp=K, microbatch=microbatch, schedule=Schedule.GPIPE, recompute=Recompute.FULL)
+            throughput[K, M] = recipe.training.global_batch / cm.estimate(s, check=False).step_time_s
+    base = throughput[2, 1]
+    return [(K, M, measured[f"M={M}"][i], throughput[K, M] / base)
+            for M in run["config"]["microbatches"] for i, K in enumerate(run["config"]["pp"])]
