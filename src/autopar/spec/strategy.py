@@ -125,9 +125,23 @@ def _format_value(value: Any) -> str:
         return value.value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple):
-        return "/".join(str(v) for v in value)
+    if isinstance(value, tuple):  # stages: runs of equal counts as "layers x stages", e.g. 1/2x32/1x31
+        runs: list[list[int]] = []
+        for v in value:
+            if runs and runs[-1][0] == v:
+                runs[-1][1] += 1
+            else:
+                runs.append([v, 1])
+        return "/".join(f"{v}x{n}" if n > 2 else "/".join([str(v)] * n) for v, n in runs)
     return str(value)
+
+
+def _expand(item: Any) -> list[int]:
+    """"12" -> [12]; "2x32" -> [2] * 32 (32 stages of 2 layers)."""
+    if isinstance(item, int):
+        return [item]
+    layers, _, count = str(item).partition("x")
+    return [int(layers)] * (int(count) if count else 1)
 
 
 def _parse_value(key: str, value: Any, field_path: str) -> Any:
@@ -152,9 +166,9 @@ def _parse_value(key: str, value: Any, field_path: str) -> Any:
             return None
         items = value if isinstance(value, (list, tuple)) else str(value).split("/")
         try:
-            stages = tuple(int(v) for v in items)
+            stages = tuple(v for item in items for v in _expand(item))
         except (TypeError, ValueError):
-            raise InputError(where, value, "expected layers per stage, e.g. stages=13/12/12/11") from None
+            raise InputError(where, value, "expected layers per stage, e.g. stages=13/12/12/11 or 1/2x32/1x31") from None
         if any(s <= 0 for s in stages):
             raise InputError(where, value, "every stage needs at least one layer")
         return stages
