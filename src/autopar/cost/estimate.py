@@ -23,6 +23,7 @@ from autopar.cost.layers import LayerTable, layer_costs
 from autopar.cost.memory import bytes_per_param, microbatches_in_flight, model_state_bytes
 from autopar.cost.pipeline import layout_fast, layout_runs, schedule_time_s
 from autopar.cost.validity import check_strategy
+from autopar.validity import facts_from_profile
 from autopar.profile.types import ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Optimizer, Precision, Recompute, Schedule, Sync
@@ -124,11 +125,13 @@ class CostModel:
         self.param_bytes, self.grad_bytes, self.state_bytes = bytes_per_param(work.optimizer, work.precision)
         dev = cluster.device
         self.comm_overlap = dev.comm_overlap if dev.comm_overlap is not None else eff.comm_overlap
+        self.facts = facts_from_profile(profile)  # what the validity rules read, computed once
         self._tables: dict[tuple, LayerTable] = {}
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
         self._ranks: dict[tuple, _RankSet] = {}
         self._flights: dict[tuple, tuple[float, ...]] = {}
         self._layout_of: dict[tuple, Optional[tuple[int, ...]]] = {}
+        self._memory_layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
@@ -222,7 +225,7 @@ class CostModel:
 
     def estimate(self, s: Strategy, check: bool = True) -> Estimate:
         if check:
-            check_strategy(s, self.profile, self.work.global_batch, self.cluster)
+            check_strategy(s, self.profile, self.work.global_batch, self.cluster, precision=self.work.precision, facts=self.facts)
         w = self.work
         features = s.data_partition is DataPartition.FEATURES
         local = w.global_batch if features else s.local_batch(w.global_batch)
@@ -272,6 +275,9 @@ class CostModel:
     def _memory_layout(self, s: Strategy, table: LayerTable, m: int) -> Optional[tuple[int, ...]]:
         """Blocks per stage minimising the slowest stage subject to each stage's memory
         (states + activations of the micro-batches it holds in flight) fitting the device."""
+        key = (id(table), s.pp, s.zero, s.dp, s.threads, s.schedule, m)
+        if key in self._memory_layouts:
+            return self._memory_layouts[key]
         start, count = self.profile.stack
         n = self.n_layers
         costs = table.costs
@@ -279,18 +285,17 @@ class CostModel:
         p, g, k = self.param_bytes, self.grad_bytes, self.state_bytes
         per_param = p / (dp if zero >= 3 else 1) + g / (dp if zero >= 2 else 1) + k / (dp if zero >= 1 else 1)
         flights = self._in_flight(s, m)
-        cap = self.cluster.device.memory_bytes * s.threads - FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory]
+        working = table.max_working(0, n)  # the largest layer's recompute working set bounds every stage's
+        cap = self.cluster.device.memory_bytes * s.threads - FRAMEWORK_RESERVE_BYTES[self.cluster.device.shared_memory] - working
+        params, acts = table.prefix["params"], table.prefix["activation_bytes"]
 
-        def layer_range(a: int, e: int) -> tuple[int, int]:  # blocks [a, e) -> layers, ends folded in
-            return (0 if a == 0 else start + a), (n if e == count else start + e)
+        def mem(i: int, a: int, e: int) -> float:  # blocks [a, e) of stage i; the ends fold in embedding and head
+            lo, hi = (0 if a == 0 else start + a), (n if e == count else start + e)
+            return per_param * (params[hi] - params[lo]) + flights[i] * (acts[hi] - acts[lo]) + 2 * costs[hi - 1].output_bytes
 
-        def mem(i: int, a: int, e: int) -> float:
-            lo, hi = layer_range(a, e)
-            return (per_param * table.range_sum("params", lo, hi) + flights[i] * table.range_sum("activation_bytes", lo, hi)
-                    + table.max_working(lo, hi) + 2 * costs[hi - 1].output_bytes)
-
-        times = [table.range_time(*layer_range(j, j + 1)) for j in range(count)]
-        return layout_fast(times, s.pp, mem, cap, rel_tol=1e-4)
+        times = [table.range_time(0 if j == 0 else start + j, n if j == count - 1 else start + j + 1) for j in range(count)]
+        found = self._memory_layouts[key] = layout_fast(times, s.pp, mem, cap, rel_tol=1e-3)
+        return found
 
     def ranks(self, s: Strategy, table: LayerTable, counts: tuple[int, ...], topo: _Topology) -> "_RankSet":
         """Per pipeline rank: one micro-batch's time by kind, parameters and activations (cached)."""

@@ -95,6 +95,10 @@ class LayerTable:
             else:
                 runs.append([c, 1])
         self.runs = tuple((c.time_s, n) for c, n in runs)
+        self._working_runs, start = [], 0  # (first layer, end layer, working bytes) per run
+        for c, n in runs:
+            self._working_runs.append((start, start + n, c.working_bytes))
+            start += n
 
     def range_sum(self, field: str, start: int, end: int) -> float:
         p = self.prefix[field]
@@ -104,7 +108,8 @@ class LayerTable:
         return self.time[end] - self.time[start]
 
     def max_working(self, start: int, end: int) -> float:
-        return max((c.working_bytes for c in self.costs[start:end]), default=0.0)
+        """Largest working set among layers [start, end): one pass over the runs, not the layers."""
+        return max((w for a, e, w in self._working_runs if a < end and e > start), default=0.0)
 
 
 def _prefix(values: Sequence[float]) -> list[float]:

@@ -14,7 +14,7 @@ from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision
 from autopar.spec.strategy import Strategy
-from autopar.validity import facts_from_profile, plan_problem
+from autopar.validity import ModelFacts, facts_from_profile, plan_problem
 
 
 class InvalidStrategy(InputError):
@@ -22,12 +22,14 @@ class InvalidStrategy(InputError):
 
 
 def strategy_problem(s: Strategy, profile: ModelProfile, global_batch: int, cluster: Optional[Cluster],
-                     precision: Optional[Precision] = None) -> Optional[str]:
-    """The first reason `s` is invalid, or None (precision None: fp16's limits are not checked)."""
-    return plan_problem(s, facts_from_profile(profile), global_batch, precision, cluster)
+                     precision: Optional[Precision] = None, facts: Optional[ModelFacts] = None) -> Optional[str]:
+    """The first reason `s` is invalid, or None (precision None: fp16's limits are not checked).
+    Pass `facts` (facts_from_profile(profile)) when checking many strategies of one model."""
+    return plan_problem(s, facts or facts_from_profile(profile), global_batch, precision, cluster)
 
 
-def check_strategy(s: Strategy, profile: ModelProfile, global_batch: int, cluster: Optional[Cluster], field: str = "--strategy") -> None:
-    problem = strategy_problem(s, profile, global_batch, cluster)
+def check_strategy(s: Strategy, profile: ModelProfile, global_batch: int, cluster: Optional[Cluster], field: str = "--strategy",
+                   precision: Optional[Precision] = None, facts: Optional[ModelFacts] = None) -> None:
+    problem = strategy_problem(s, profile, global_batch, cluster, precision, facts)
     if problem is not None:
         raise InvalidStrategy(field, s.to_text(), problem)

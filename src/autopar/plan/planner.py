@@ -25,7 +25,8 @@ from autopar.cost.estimate import CostModel, Estimate
 from autopar.errors import InputError
 from autopar.plan import explain
 from autopar.plan.families import family_of
-from autopar.plan.space import SearchContext, microbatches, recomputes, schedules, sequence_parallel, structures, zero_stages
+from autopar.plan.space import (SearchContext, microbatches, recomputes, schedules, sequence_parallel, structures,
+                                sync_periods, zero_stages)
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Recompute
@@ -166,26 +167,30 @@ def _search_structure(search: _Search, c: dict) -> None:
     local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
     for b in microbatches(ctx, c):
         m = local // b
-        fitted_plain = False
-        for sched, v in schedules(ctx, c, m):
-            for sp in sequence_parallel(ctx, c):
-                for rc in recomputes(ctx):
-                    plain_fits = False
-                    for zero in zero_stages(c):
-                        s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None,
-                                     schedule=sched, virtual_stages=v, recompute=rc, sequence_parallel=sp,
-                                     data_partition=c["data_partition"], sync=c["sync"],
-                                     sync_every=4 if (c["sync"].value == "async" or c["subnet"]) else 1,
-                                     subnet=c["subnet"], threads=c["threads"])
-                        e = search.consider(s)
-                        plain_fits |= e is not None and e.fits and zero == 0
-                    if plain_fits:
-                        fitted_plain |= rc is Recompute.NONE
-                        search.pruned["recompute-when-needed"] = search.pruned.get("recompute-when-needed", 0) + 1
-                        break
-        if c["pp"] == 1 and fitted_plain:
+        plain = [_search_memory_knobs(search, c, b, m, sched, v, sp)
+                 for sched, v in schedules(ctx, c, m) for sp in sequence_parallel(ctx, c)]
+        if c["pp"] == 1 and any(plain):
             search.pruned["micro-batch-when-needed"] = search.pruned.get("micro-batch-when-needed", 0) + 1
             break
+
+
+def _search_memory_knobs(search: _Search, c: dict, b: int, m: int, sched, v: int, sp: bool) -> bool:
+    """Recompute (none, selective, full) x ZeRO stage x synchronisation period; True when the
+    plain version (no recompute, zero 0) fits, which ends the recompute list."""
+    for rc in recomputes(search.ctx):
+        plain_fits = False
+        for zero in zero_stages(c):
+            for period in sync_periods(c):
+                s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None,
+                             schedule=sched, virtual_stages=v, recompute=rc, sequence_parallel=sp,
+                             data_partition=c["data_partition"], sync=c["sync"], sync_every=period,
+                             subnet=c["subnet"], threads=c["threads"])
+                e = search.consider(s)
+                plain_fits |= e is not None and e.fits and zero == 0
+        if plain_fits:
+            search.pruned["recompute-when-needed"] = search.pruned.get("recompute-when-needed", 0) + 1
+            return rc is Recompute.NONE
+    return False
 
 
 def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Strategy | dict] = None,

@@ -213,3 +213,11 @@ def zero_stages(c: Partial) -> list[int]:
     if c["dp"] == 1 or c["sync"] is Sync.ASYNC or c["subnet"] or c["data_partition"] is DataPartition.FEATURES:
         return [0]
     return [0, 1, 2, 3]
+
+
+def sync_periods(c: Partial) -> tuple[int, ...]:
+    """Steps between parameter averaging for local SGD and subnetwork training (H): longer
+    saves communication and costs statistical efficiency (cost.convergence)."""
+    if c["sync"] is Sync.ASYNC and c["threads"] == 1 or c["subnet"]:
+        return (2, 4, 8)
+    return (4,) if c["sync"] is Sync.ASYNC else (1,)

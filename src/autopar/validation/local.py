@@ -78,7 +78,7 @@ def validate(recipe: Recipe, recipe_path: str, cluster: Cluster, strategies: Seq
     model = CostModel.for_recipe(recipe, cluster)
     rows = []
     for s, source in strategies:
-        if strategy_problem(s, model.profile, recipe.training.global_batch, cluster):
+        if strategy_problem(s, model.profile, recipe.training.global_batch, cluster, facts=model.facts):
             continue
         est = model.estimate(s)
         try:

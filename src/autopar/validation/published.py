@@ -126,7 +126,7 @@ def check_run(run: dict[str, Any], eff=None) -> Optional[RunCheck]:
     for s, chosen in candidate_strategies(run, profile.pipeline_blocks):
         from autopar.cost.validity import strategy_problem
 
-        if strategy_problem(s, profile, recipe.training.global_batch, cluster):
+        if strategy_problem(s, profile, recipe.training.global_batch, cluster, facts=model.facts):
             continue
         e = model.estimate(s, check=False)
         key = (not e.fits, e.step_time_s)
