@@ -9,7 +9,11 @@ named prunings keep it fast without losing the optimum:
   - recompute-when-needed: recomputation is tried none, selective, full; the first
     that fits without ZeRO ends the list (more recompute only adds work);
   - micro-batch-when-needed: without a pipeline, smaller micro-batches only save
-    memory; once the largest fits without recompute, smaller ones are skipped.
+    memory; once the largest fits without recompute, smaller ones are skipped;
+  - micro-batch-too-big: with a pipeline, sizes go up from 1; once a size fits in no
+    way (any schedule, recompute or ZeRO stage), larger ones cannot either;
+  - fits-nowhere: a structure whose least-memory candidate (smallest micro-batch, most
+    recompute, highest ZeRO stage) does not fit is not searched further.
 Every ZeRO stage is evaluated: sharding adds communication but also divides the
 optimizer step, so a higher stage can be faster.
 """
@@ -108,6 +112,7 @@ class _Search:
     family_best: dict[str, Estimate] = field(default_factory=dict)
     family_smallest: dict[str, Estimate] = field(default_factory=dict)
     candidates: int = 0
+    fitting: int = 0  # candidates that fit in memory
     pruned: dict[str, int] = field(default_factory=dict)
     family_bound: dict[str, float] = field(default_factory=dict)  # least lower bound of pruned structures (score)
 
@@ -127,6 +132,7 @@ class _Search:
         if fam not in self.family_smallest or e.memory_per_device_bytes < self.family_smallest[fam].memory_per_device_bytes:
             self.family_smallest[fam] = e
         if e.fits:
+            self.fitting += 1
             self.best.append(e)
             self.best.sort(key=lambda x: rank_key(x, self.objective))
             del self.best[self.top_k * 4:]
@@ -165,13 +171,33 @@ def _search_structure(search: _Search, c: dict) -> None:
     """Knobs inside one structure (see the module docstring for the prunings)."""
     ctx = search.ctx
     local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
-    for b in microbatches(ctx, c):
+    sizes = microbatches(ctx, c)
+    if not sizes or not _leanest_fits(search, c, sizes[-1], local):
+        search.pruned["fits-nowhere"] = search.pruned.get("fits-nowhere", 0) + 1
+        return
+    for b in sizes if c["pp"] == 1 else reversed(sizes):  # with a pipeline: smallest first
         m = local // b
+        fits_before = search.fitting
         plain = [_search_memory_knobs(search, c, b, m, sched, v, sp)
                  for sched, v in schedules(ctx, c, m) for sp in sequence_parallel(ctx, c)]
         if c["pp"] == 1 and any(plain):
             search.pruned["micro-batch-when-needed"] = search.pruned.get("micro-batch-when-needed", 0) + 1
             break
+        if c["pp"] > 1 and search.fitting == fits_before:  # activation memory grows with b
+            search.pruned["micro-batch-too-big"] = search.pruned.get("micro-batch-too-big", 0) + 1
+            break
+
+
+def _leanest_fits(search: _Search, c: dict, b: int, local: int) -> bool:
+    """The structure's least-memory candidate: smallest micro-batch, 1F1B, most recompute,
+    highest ZeRO stage, longest period. If it does not fit, nothing of the structure does."""
+    ctx = search.ctx
+    lean = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero_stages(c)[-1], microbatch=b if local // b > 1 else None,
+                    recompute=recomputes(ctx)[-1], sequence_parallel=sequence_parallel(ctx, c)[-1],
+                    data_partition=c["data_partition"], sync=c["sync"], sync_every=sync_periods(c)[-1],
+                    subnet=c["subnet"], threads=c["threads"])
+    e = search.consider(lean)
+    return e is None or e.fits
 
 
 def _search_memory_knobs(search: _Search, c: dict, b: int, m: int, sched, v: int, sp: bool) -> bool:
