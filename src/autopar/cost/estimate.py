@@ -247,7 +247,7 @@ class CostModel:
     def _evaluate(self, s: Strategy, table: LayerTable, counts, m: int, topo: _Topology, rate: DeviceRate) -> Estimate:
         rs = self.ranks(s, table, counts, topo)
         ranks, slow = rs.ranks, rs.slow
-        pipe_s, bubble_s = schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages)
+        pipe_s, bubble_s = schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages, rs.chunk_max_s)
         breakdown = {
             "compute": m * slow.compute_s,
             "recompute": m * slow.recompute_s,
@@ -304,7 +304,9 @@ class CostModel:
         if found is None:
             ranges = _rank_ranges(counts, s.pp, s.virtual_stages, self.profile.stack, self.n_layers)
             ranks = [self._rank(s, table, chunks, topo) for chunks in ranges]
-            found = _RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks), max(r.params for r in ranks))
+            chunk_max = max(table.range_time(a, e) for chunks in ranges for a, e in chunks) if s.virtual_stages > 1 else 0.0
+            found = _RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks), max(r.params for r in ranks),
+                             chunk_max)
             self._ranks[key] = found
         return found
 
@@ -454,6 +456,7 @@ class _RankSet:
     slow: _Rank  # the rank that sets the pipeline's pace
     time_sum: float
     max_params: float
+    chunk_max_s: float = 0.0  # slowest chunk's compute (interleaved schedules)
 
 
 def _rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, stack: Optional[tuple[int, int]],

@@ -173,14 +173,15 @@ def balanced_counts(n_layers: int, stages: int) -> tuple[int, ...]:
     return tuple(base + (1 if i in plus else 0) for i in range(stages))
 
 
-def schedule_time_s(t_max: float, t_sum: float, p: int, m: int, virtual: int) -> tuple[float, float]:
+def schedule_time_s(t_max: float, t_sum: float, p: int, m: int, virtual: int, chunk_max: float = 0.0) -> tuple[float, float]:
     """(total, bubble) seconds for m micro-batches over p pipeline ranks, where t_max is the
-    slowest rank's forward + backward of one micro-batch (all its chunks) and t_sum the
-    sum over ranks."""
+    slowest rank's forward + backward of one micro-batch (all its chunks), t_sum the sum
+    over ranks and chunk_max the slowest single chunk (interleaved schedules)."""
     if p == 1:
         return m * t_max, 0.0
     if virtual > 1:
-        bubble = (p - 1) * t_max / virtual  # Narayanan et al. 2021, Sec. 2.2.2
+        # Narayanan et al. 2021, Sec. 2.2.2: (p - 1) chunk times, t_max / v when chunks are even
+        bubble = (p - 1) * max(t_max / virtual, chunk_max)
     else:
         bubble = t_sum - t_max  # (m - 1) t_max + sum_i t_i: (p - 1) t when balanced
     return m * t_max + bubble, bubble
