@@ -11,6 +11,9 @@ each model chunk in one fixed order (torchtitan's), by `parallelize.parallelize`
                                                 tensor parallel (HSDP replicas for zero=0)
      data_parallel.py    apply_ddp              DDP (ZeRO-0, and ZeRO-1 with sharding.zero1_optimizer)
   5. pipeline.py         apply_pipeline_schedule  PipelineStage per chunk + GPipe / 1F1B / Interleaved1F1B
+  6. checkpoint.py       Checkpointer.resume    with --checkpoint: load DIR's latest step (DCP) into the
+                                                wrapped chunks and optimizer, resharded to this layout;
+                                                Checkpointer.save every N steps and at the end
 
 Techniques that change the training loop rather than wrap the model:
   features.py      apply_feature_partition  data split by input features, partial products all-reduced

@@ -37,6 +37,7 @@ class RunResult:
     applied: list[str]
     global_batch: int
     tokens_per_sample: int = 1
+    first_step: int = 0  # steps trained before this run (resumed from a checkpoint)
     trainer: Optional["Trainer"] = field(default=None, repr=False)
 
     @property
@@ -49,6 +50,7 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "first_step": self.first_step,
             "losses": self.losses,
             "step_times_s": self.step_times_s,
             "peak_memory_bytes": self.peak_memory_bytes,
@@ -72,7 +74,7 @@ class StepLog:
         self.times.append(seconds)
         self.memory.append(memory)
 
-    def result(self, trainer: "Trainer", s: Strategy, recipe: Recipe) -> RunResult:
+    def result(self, trainer: "Trainer", s: Strategy, recipe: Recipe, first_step: int = 0) -> RunResult:
         losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0, dtype=torch.float64)
         times = torch.tensor(self.times, dtype=torch.float64)
         memory = torch.tensor(self.memory, dtype=torch.float64)
@@ -88,6 +90,7 @@ class StepLog:
             applied=list(trainer.applied),
             global_batch=recipe.training.global_batch,
             tokens_per_sample=tokens_per_sample(recipe),
+            first_step=first_step,
             trainer=trainer,
         )
 
@@ -129,7 +132,7 @@ def format_report(result: RunResult, strategy: Strategy, prediction: Optional[An
     lines = [f"strategy {strategy.to_text()}: " + ", ".join(result.applied or ["single process"])]
     lines.append(f"{'step':>5} {'loss':>12} {'time s':>9} {'samples/s':>10} {'peak MiB':>9}")
     for i, (loss, t, mem) in enumerate(zip(result.losses, result.step_times_s, result.step_peak_memory_bytes)):
-        lines.append(f"{i + 1:>5} {loss:>12.6f} {t:>9.4f} {result.global_batch / t:>10.1f} {mem / 2**20:>9.1f}")
+        lines.append(f"{result.first_step + i + 1:>5} {loss:>12.6f} {t:>9.4f} {result.global_batch / t:>10.1f} {mem / 2**20:>9.1f}")
     measured = statistics.median(result.step_times_s) if result.step_times_s else float("nan")
     lines.append(f"measured: median step {measured:.4f} s, peak memory {result.peak_memory_bytes / 2**20:.1f} MiB per process")
     if prediction is None:

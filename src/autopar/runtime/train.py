@@ -20,6 +20,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from autopar.models import build_model
+from autopar.runtime.checkpoint import Checkpointer, CheckpointOptions
 from autopar.runtime.checkpointing import clean_name
 from autopar.runtime.data import Batch, BatchSource
 from autopar.runtime.local_sgd import apply_local_sgd
@@ -37,6 +38,7 @@ class RunOptions:
     steps: int
     dtype: Optional[torch.dtype] = None  # build and train in this dtype, no mixed precision (tests: float64)
     progress: bool = False  # rank 0 prints one line per step to stderr
+    checkpoint: Optional[CheckpointOptions] = None  # resume from its latest step, save every N steps
 
 
 class Trainer(Protocol):
@@ -56,8 +58,12 @@ def train(recipe: Recipe, s: Strategy, options: RunOptions, device: torch.device
     ctx = RankContext.create(ParallelDims.from_strategy(s), device)
     precision = PrecisionPlan.of(recipe.training.precision, device.type, options.dtype)
     trainer = make_trainer(recipe, s, ctx, precision, options.steps)
+    saver = Checkpointer(options.checkpoint, trainer, recipe, s) if options.checkpoint else None
+    first = saver.resume() if saver else 0  # steps already trained: the data stream continues at `first`
+    if saver:
+        trainer.applied.append(saver.describe(first))
     log = StepLog()
-    for i in range(options.steps):
+    for i in range(first, options.steps):
         start = time.perf_counter()
         loss = trainer.step(i)
         if device.type == "cuda":
@@ -65,7 +71,9 @@ def train(recipe: Recipe, s: Strategy, options: RunOptions, device: torch.device
         log.add(loss, time.perf_counter() - start, peak_memory_bytes(device))
         if options.progress and torch.distributed.get_rank() == 0:
             print(f"step {i + 1}/{options.steps}: {log.times[-1]:.3f} s", file=sys.stderr, flush=True)
-    return log.result(trainer, s, recipe)
+        if saver:
+            saver.after_step(i + 1, options.steps)
+    return log.result(trainer, s, recipe, first)
 
 
 def make_trainer(recipe: Recipe, s: Strategy, ctx: RankContext, precision: PrecisionPlan, steps: int) -> Trainer:

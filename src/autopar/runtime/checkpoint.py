@@ -1,0 +1,304 @@
+"""Distributed checkpoints with torch.distributed.checkpoint (DCP): save every N steps, resume
+from the latest, under the same strategy or another one.
+
+    DIR/step-<k>/   DCP's files (one per rank, and .metadata)
+                    autopar.json: the step, the model's parameter names and shapes, the
+                    optimizer, the data stream; written by rank 0 after every rank's files,
+                    so a step directory without it is incomplete and ignored.
+
+What is saved, under layout-free keys (the model's own FQNs, `layers.7.attn.q.weight`):
+  model.<fqn>                         parameters and persistent buffers: this rank's shards
+                                      (DTensors under FSDP2 / TP), from get_state_dict
+  optim.state.<fqn>.<name>            optimizer state, and its hyperparameters under
+  optim.param_groups.<fqn>.<hyper>    param_groups (get_state_dict's flattened form)
+  scaler.<name>                       the fp16 loss scaler, if the recipe uses one
+The step counter is the data stream's whole state: step s trains on the batch
+data.py derives from (seed, s), under any strategy.
+
+Three translations make a rank's keys layout-free:
+  - a pipeline rank's chunks go to get_state_dict as one ModuleList; its index is dropped;
+  - a weight tied across pipeline stages (GPT's head.out.weight = embed.tok.weight) is saved
+    under its first name, which every layout can then find, whichever stage holds it;
+  - the feature partition's weight (a plain tensor of this rank's columns) is saved
+    whole, gathered over dp, and cut back to the rank's columns on load.
+DCP writes a tensor replicated on several ranks once. Loading reads into this rank's own
+layout (DCP reshards), then set_state_dict hands the values to the model and optimizer.
+The optimizer's state carries over; its hyperparameters (lr) are the recipe's.
+
+Not checkpointed: local SGD, IST and Hogwild (see `unsupported`), and the dropout RNG
+(masks after a resume differ from an uninterrupted run's, as they differ between strategies).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.optim import ZeroRedundancyOptimizer
+
+from autopar.errors import InputError
+from autopar.models import build_model
+from autopar.runtime.tensor_parallel import tied_parameters
+from autopar.spec.recipe import Recipe
+from autopar.spec.strategy import Strategy
+
+META_FILE = "autopar.json"
+_STEP_DIR = re.compile(r"step-(\d+)")
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    directory: str
+    save_every: Optional[int] = None  # steps between saves; None: at the end only
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether to save after `done` steps of `total`."""
+        return done == total or (self.save_every is not None and done % self.save_every == 0)
+
+
+# ------------------------------------------------------------------ directory and compatibility (no processes)
+
+
+def step_dir(directory: str | Path, step: int) -> Path:
+    return Path(directory) / f"step-{step}"
+
+
+def latest_step(directory: str | Path) -> Optional[int]:
+    """The step of the newest complete checkpoint in `directory`, or None."""
+    root = Path(directory)
+    if not root.is_dir():
+        return None
+    steps = [int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and (p / META_FILE).is_file()]
+    return max(steps, default=None)
+
+
+def unsupported(s: Strategy) -> Optional[str]:
+    """Why a strategy's state is not a model + optimizer that DCP can save, or None."""
+    if s.is_async and s.threads > 1:
+        return "Hogwild's workers share one model outside torch.distributed; --checkpoint supports the synchronous strategies"
+    if s.is_async:
+        return "local SGD replicas hold different parameters and optimizer states between averagings; --checkpoint supports the synchronous strategies"
+    if s.subnet:
+        return "IST redraws its subnetworks and optimizers every sync_every steps; --checkpoint supports the synchronous strategies"
+    return None
+
+
+def run_facts(recipe: Recipe, model: Optional[nn.Module] = None) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: the saved names and shapes (from a meta
+    copy of the model, tied aliases left out), the optimizer; and the data stream, for a warning."""
+    model = model if model is not None else build_model(recipe.model, "meta").module
+    aliases = {alias for names in tied_parameters(model) for alias in names[1:]}
+    shapes = {name: list(t.shape) for name, t in model.state_dict().items() if name not in aliases}
+    data = {"samples": recipe.data.samples, "loader": recipe.data.loader, "global_batch": recipe.training.global_batch, "seed": recipe.training.seed}
+    return {"model": shapes, "optimizer": recipe.training.optimizer.value, "lr": recipe.training.lr, "data": data}
+
+
+def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: Optional[int]) -> int:
+    """The step a run with --checkpoint starts at (0: nothing to resume); InputError before
+    anything is written if the directory, the strategy or the saved run does not fit."""
+    root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise InputError("--checkpoint", directory, "is a file; expected a directory (created if missing) to hold step-<k>/ checkpoints")
+    if save_every is not None and save_every < 1:
+        raise InputError("--save-every", save_every, "expected an integer >= 1 (steps between checkpoints)")
+    reason = unsupported(s)
+    if reason:
+        raise InputError("--checkpoint", s.to_text(), reason)
+    last = latest_step(root)
+    if last is None:
+        return 0
+    where = str(step_dir(root, last))
+    mismatch = _mismatch(read_meta(where), run_facts(recipe))
+    if mismatch:
+        raise InputError("--checkpoint", where, mismatch)
+    if last >= steps:
+        raise InputError("--steps", steps, f"{where} is already at step {last}; ask for more steps to train on")
+    return last
+
+
+def read_meta(where: str | Path) -> dict[str, Any]:
+    path = Path(where) / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError("--checkpoint", str(path), f"unreadable ({err}); remove that step directory") from None
+
+
+def _mismatch(saved: dict[str, Any], here: dict[str, Any]) -> Optional[str]:
+    old, new = saved.get("model", {}), here["model"]
+    for name in new:
+        if name not in old:
+            return f"holds another model: it has no {name} (saved {len(old)} tensors, this model has {len(new)})"
+        if old[name] != new[name]:
+            return f"holds another model: {name} has shape {tuple(old[name])} there, {tuple(new[name])} here"
+    extra = next((n for n in old if n not in new), None)
+    if extra:
+        return f"holds another model: it has {extra}, which this model lacks"
+    if saved.get("optimizer") != here["optimizer"]:
+        return f"was trained with optimizer {saved.get('optimizer')}, this recipe uses {here['optimizer']}: its state cannot carry over"
+    return None
+
+
+def changes_note(saved: dict[str, Any], recipe: Recipe) -> Optional[str]:
+    """A warning when the resumed run will not continue the saved one exactly: another
+    data stream (other batches from step k on) or another learning rate (the recipe's applies)."""
+    now = run_facts(recipe)
+    was, here = {**saved.get("data", {}), "lr": saved.get("lr")}, {**now["data"], "lr": now["lr"]}
+    changed = [f"{k} {was.get(k)} -> {here[k]}" for k in here if was.get(k) != here[k]]
+    return f"the recipe changed since the checkpoint ({', '.join(changed)})" if changed else None
+
+
+# ------------------------------------------------------------------ one rank's state (inside the process group)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """A weight of which this rank holds columns [lo, hi) (the feature partition): saved whole."""
+
+    lo: int
+    hi: int
+    width: int  # the whole weight's columns
+    gather: Callable[[torch.Tensor], torch.Tensor]  # collective over dp
+
+    def empty(self, local: torch.Tensor) -> torch.Tensor:
+        return local.new_empty(local.shape[0], self.width)
+
+    def cut(self, whole: torch.Tensor) -> torch.Tensor:
+        return whole[:, self.lo : self.hi]
+
+
+class RankState:
+    """This rank's model chunks, optimizer and loss scaler, as DCP sees them."""
+
+    def __init__(self, par, scaler, ties: list[list[str]]):
+        self.parts = nn.ModuleList([c.module for c in par.chunks])
+        opt = par.optimizer
+        self.optimizer = opt.optim if isinstance(opt, ZeroRedundancyOptimizer) else opt  # ZeRO-1: this rank's shard
+        self.scaler = scaler
+        self.owner = {alias: names[0] for names in ties for alias in names[1:]}
+        fs = par.feature_slice
+        self.columns = {name: _Columns(fs.lo, fs.hi, sum(fs.widths), gather) for name, gather in par.gatherers.items()} if fs else {}
+
+    def save(self, where: Path) -> None:
+        local_model, local_optim = get_state_dict(self.parts, self.optimizer, options=_OPTIONS)
+        dcp.save(self._saved_view(local_model, local_optim, whole=True), checkpoint_id=str(where))
+
+    def load(self, where: Path, with_scaler: bool) -> None:
+        recipe_hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        local_model, local_optim = get_state_dict(self.parts, self.optimizer, options=_OPTIONS)
+        view = self._saved_view(local_model, local_optim, whole=False, with_scaler=with_scaler)
+        dcp.load(view, checkpoint_id=str(where))  # in place, resharded into this layout
+        model = {k: self._local(self._name(k), view["model"][self._name(k)]) for k in local_model}
+        optim = {}
+        for k in local_optim:
+            saved, name = self._optim_key(k, local_model)
+            optim[k] = self._local(name, view["optim"][saved])
+        set_state_dict(self.parts, self.optimizer, model_state_dict=model, optim_state_dict=optim)
+        for group, hyper in zip(self.optimizer.param_groups, recipe_hyper):
+            group.update(hyper)  # the state carries over, the recipe's lr applies
+        if self.scaler is not None and with_scaler:
+            self.scaler.load_state_dict(view["scaler"])
+
+    # -------------------------------------------------------------- key translation
+
+    def _name(self, local: str) -> str:
+        """`<chunk>.<fqn>` -> the name the whole model gives it (a tie's first name)."""
+        fqn = local.split(".", 1)[1]
+        return self.owner.get(fqn, fqn)
+
+    def _optim_key(self, key: str, local_model: dict) -> tuple[str, str]:
+        """`state.<chunk>.<fqn>.<name>` -> (`state.<saved fqn>.<name>`, saved fqn)."""
+        section, rest = key.split(".", 1)
+        atoms = rest.split(".")
+        for i in range(len(atoms) - 1, 0, -1):  # the longest parameter name first
+            local = ".".join(atoms[:i])
+            if local in local_model:
+                name = self._name(local)
+                return ".".join([section, name, *atoms[i:]]), name
+        raise KeyError(f"optimizer state {key} names no parameter of this rank")
+
+    def _saved_view(self, local_model: dict, local_optim: dict, whole: bool, with_scaler: bool = True) -> dict[str, Any]:
+        """The state under saved keys; `whole`: gather the column pieces (save), else empty
+        whole-size tensors to load into (load). A tie held twice by one rank is kept once."""
+        model: dict[str, Any] = {}
+        for key, value in local_model.items():
+            name = self._name(key)
+            if name not in model:
+                model[name] = self._whole(name, value, whole)
+        optim: dict[str, Any] = {}
+        for key, value in local_optim.items():
+            saved, name = self._optim_key(key, local_model)
+            if saved not in optim:
+                optim[saved] = self._whole(name, value, whole)
+        view = {"model": model, "optim": optim}
+        if self.scaler is not None and with_scaler:
+            view["scaler"] = self.scaler.state_dict()
+        return view
+
+    def _whole(self, name: str, value: Any, whole: bool) -> Any:
+        cols = self.columns.get(name)
+        if cols is None or not _is_matrix(value):
+            return value  # step counters and hyperparameters are the same on every rank
+        return cols.gather(value) if whole else cols.empty(value)
+
+    def _local(self, name: str, value: Any) -> Any:
+        cols = self.columns.get(name)
+        return cols.cut(value).contiguous() if cols is not None and _is_matrix(value) else value
+
+
+def _is_matrix(value: Any) -> bool:
+    """The weight, or an optimizer state shaped like it (exp_avg: (out, in)), not a step counter."""
+    return isinstance(value, torch.Tensor) and value.dim() == 2
+
+
+# ------------------------------------------------------------------ save and resume
+
+
+class Checkpointer:
+    """Resume a run from DIR's latest checkpoint, and save it every N steps and at the end."""
+
+    def __init__(self, options: CheckpointOptions, trainer, recipe: Recipe, strategy: Strategy):
+        """`trainer`: a train.StandardTrainer (its `par` and `scaler`)."""
+        self.options, self.strategy = options, strategy
+        model = build_model(recipe.model, "meta").module  # names and shapes only
+        self.state = RankState(trainer.par, trainer.scaler, tied_parameters(model))
+        self.facts = run_facts(recipe, model)
+
+    def resume(self) -> int:
+        """Load the latest checkpoint into this rank's state; returns its step (0: none)."""
+        step = latest_step(self.options.directory)
+        if step is None:
+            return 0
+        where = step_dir(self.options.directory, step)
+        self.state.load(where, with_scaler=read_meta(where).get("grad_scaler", False))
+        return step
+
+    def after_step(self, done: int, total: int) -> None:
+        if self.options.due(done, total):
+            self.save(done)
+
+    def save(self, step: int) -> Path:
+        """Every rank writes its shards; rank 0 then marks the step directory complete."""
+        where = step_dir(self.options.directory, step)
+        self.state.save(where)
+        distributed = dist.is_initialized()
+        if not distributed or dist.get_rank() == 0:
+            meta = {"step": step, "strategy": self.strategy.to_text(), "grad_scaler": self.state.scaler is not None, **self.facts}
+            (where / META_FILE).write_text(json.dumps(meta, indent=1))
+        if distributed:
+            dist.barrier()  # no rank looks for the latest step before it is complete
+        return where
+
+    def describe(self, first: int) -> str:
+        every = f"every {self.options.save_every} steps and at the end" if self.options.save_every else "at the end"
+        since = f", resumed from step {first}" if first else ""
+        return f"checkpoint(DCP to {self.options.directory} {every}{since})"
