@@ -5,11 +5,15 @@ starts; then torchrun runs one process per dp * tp * pp rank (see runtime/launch
 and rank 0 prints each step's loss, time, memory and throughput beside the cost
 model's prediction. `--print-command` prints the torchrun command instead, to run the
 same plan on a cluster (one command per node, with --nnodes/--node-rank/--rdzv-*).
+`--checkpoint DIR [--save-every N]` saves DIR/step-<k>/ with torch.distributed.checkpoint
+every N steps and at the end, and resumes from DIR's latest step, under this strategy
+or another (see runtime/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from autopar.cli.common import add_recipe_args, load_inputs
 from autopar.errors import InputError
@@ -30,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--rdzv-id", default="autopar", metavar="ID", help="job id shared by all nodes of one run")
     p.add_argument("--print-command", action="store_true", help="print the torchrun command and exit")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ (DCP) and resume from DIR's latest step, under any synchronous strategy")
+    p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps (default: at the end only)")
     p.add_argument("--dtype", choices=("float32", "float64"), help=argparse.SUPPRESS)  # tests train in float64
     p.set_defaults(func=run)
 
@@ -46,11 +52,28 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--steps", steps, "expected an integer >= 1")
     nproc = args.nproc if args.nproc is not None else max(1, strategy.devices // rdzv.nnodes)
     preflight(recipe, strategy, nproc, rdzv.nnodes)
-    worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json)
+    check_checkpoint(args, recipe, strategy, steps)
+    worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json,
+                        checkpoint=args.checkpoint, save_every=args.save_every)
     if args.print_command:
         print(printable(strategy, rdzv, worker))
         return 0
     return launch(strategy, rdzv, worker)
+
+
+def check_checkpoint(args: argparse.Namespace, recipe, strategy: Strategy, steps: int) -> None:
+    """Reject a checkpoint that cannot be written or resumed before any process starts; say what resumes."""
+    if args.checkpoint is None:
+        if args.save_every is not None:
+            raise InputError("--save-every", args.save_every, "needs --checkpoint DIR (where to save)")
+        return
+    from autopar.runtime import checkpoint
+
+    start = checkpoint.check(args.checkpoint, recipe, strategy, steps, args.save_every)
+    if start:
+        where = checkpoint.step_dir(args.checkpoint, start)
+        note = checkpoint.changes_note(checkpoint.read_meta(where), recipe)
+        print(f"autopar: resuming from {where} (step {start} of {steps})" + (f"; warning: {note}" if note else ""), file=sys.stderr)
 
 
 def strategy_from_plan(recipe, cluster, n: int, nnodes: int) -> Strategy:

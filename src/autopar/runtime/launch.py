@@ -50,6 +50,8 @@ class WorkerArgs:
     dtype: Optional[str] = None
     json: bool = False
     report: Optional[str] = None
+    checkpoint: Optional[str] = None  # DCP directory (see checkpoint.py)
+    save_every: Optional[int] = None
 
     def argv(self) -> list[str]:
         out = ["--recipe", str(Path(self.recipe).resolve()), "--strategy", self.strategy.to_text(), "--steps", str(self.steps)]
@@ -61,6 +63,10 @@ class WorkerArgs:
             out.append("--json")
         if self.report:
             out += ["--report", self.report]
+        if self.checkpoint:
+            out += ["--checkpoint", str(Path(self.checkpoint).resolve())]
+        if self.save_every is not None:
+            out += ["--save-every", str(self.save_every)]
         return out
 
 

@@ -1,4 +1,4 @@
-"""Per-rank entry point, started by torchrun: `python -m autopar.runtime.worker --recipe R --strategy S --steps K`.
+"""Per-rank entry point, started by torchrun: `python -m autopar.runtime.worker --recipe R --strategy S --steps K [--checkpoint DIR]`.
 
 Each rank initialises the process group (nccl with GPUs, else gloo), trains, and rank
 0 prints the report (a table, or JSON with --json) and optionally writes it to
@@ -34,6 +34,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="train entirely in this dtype (tests: float64)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", help="also write the JSON report to this file")
+    p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ with DCP and resume from its latest step")
+    p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps")
     return p.parse_args(argv)
 
 
@@ -72,25 +74,33 @@ def prediction_for(recipe: Recipe, strategy: Strategy, cluster_path: Optional[st
         return None
 
 
-def validate(recipe: Recipe, strategy: Strategy) -> None:
+def validate(recipe: Recipe, strategy: Strategy, args: argparse.Namespace) -> None:
     """The checks `autopar run` made, again: this module may be started by a hand-edited command."""
     from autopar.runtime.launch import preflight
 
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     preflight(recipe, strategy, nproc=local_processes * strategy.threads, nnodes=torchrun_nodes())
+    if args.checkpoint:
+        from autopar.runtime.checkpoint import check
+
+        check(args.checkpoint, recipe, strategy, args.steps, args.save_every)
+    elif args.save_every is not None:
+        raise InputError("--save-every", args.save_every, "needs --checkpoint DIR (where to save)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from autopar.runtime.checkpoint import CheckpointOptions
     from autopar.runtime.report import format_report, report_dict
     from autopar.runtime.train import RunOptions, train
 
     recipe, strategy = load_recipe(args.recipe), Strategy.parse(args.strategy)
-    validate(recipe, strategy)
+    validate(recipe, strategy, args)
     device, backend = pick_device()
     dist.init_process_group(backend)
     rank = dist.get_rank()
     prediction = prediction_for(recipe, strategy, args.cluster) if rank == 0 else None
-    options = RunOptions(steps=args.steps, dtype=DTYPES.get(args.dtype), progress=not args.json)
+    checkpoint = CheckpointOptions(args.checkpoint, args.save_every) if args.checkpoint else None
+    options = RunOptions(steps=args.steps, dtype=DTYPES.get(args.dtype), progress=not args.json, checkpoint=checkpoint)
     result = train(recipe, strategy, options, device)
     if rank == 0:
         report = report_dict(result, strategy, prediction, nproc=strategy.devices)
