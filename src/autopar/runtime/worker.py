@@ -131,6 +131,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception:  # noqa: BLE001 - a failed rank prints its traceback and exits non-zero
         traceback.print_exc()
         code = 1
+    except BaseException as err:  # DCP's CheckpointException derives from BaseException
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        traceback.print_exc()
+        code = 1
     finish(code)
 
 
