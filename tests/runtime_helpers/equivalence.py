@@ -102,9 +102,20 @@ def main(cases_path: str, out_path: str) -> None:
                 records.append({"case": case.get("name"), "strategy": text})
                 records[-1].update(compare(recipe, text, steps, ref, case.get("mixed", False)))
     except Exception as err:  # noqa: BLE001 - record it and stop: the ranks may be out of step
-        traceback.print_exc()
-        records = records or [{"case": None, "strategy": "<setup>"}]
-        records[-1]["error"] = f"{type(err).__name__}: {err}"
+        records = record_failure(records, err, {"case": None, "strategy": "<setup>"})
+    write_and_finish(records, out_path)
+
+
+def record_failure(records: list, err: BaseException, setup: dict) -> list:
+    """Print the traceback and attach the error to the last record (or a setup record)."""
+    traceback.print_exc()
+    records = records or [setup]
+    records[-1]["error"] = f"{type(err).__name__}: {err}"
+    return records
+
+
+def write_and_finish(records: list, out_path: str) -> None:
+    """Rank 0 writes the records; every rank ends cleanly (gloo exit workaround)."""
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(records, f, indent=1)

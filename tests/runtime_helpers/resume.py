@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,10 +28,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from autopar.runtime.checkpoint import CheckpointOptions
 from autopar.runtime.train import RunOptions, train
-from autopar.runtime.worker import finish
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
-from tests.runtime_helpers.equivalence import CPU, DTYPE, TIMEOUT_S, reference
+from tests.runtime_helpers.equivalence import CPU, DTYPE, TIMEOUT_S, record_failure, reference, write_and_finish
 
 
 def _run(recipe, text: str, steps: int, checkpoint: CheckpointOptions | None = None):
@@ -82,13 +80,8 @@ def main(cases_path: str, out_path: str, workdir: str) -> None:
                 records[-1].update(resume_pair(recipe, case, pair, Path(workdir) / f"pair-{len(records)}", ref))
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - record it and stop: the ranks may be out of step
         # (DCP raises CheckpointException, a BaseException)
-        traceback.print_exc()
-        records = records or [{"case": None, "pair": ["<setup>"]}]
-        records[-1]["error"] = f"{type(err).__name__}: {err}"
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as f:
-            json.dump(records, f, indent=1)
-    finish(0)
+        records = record_failure(records, err, {"case": None, "pair": ["<setup>"]})
+    write_and_finish(records, out_path)
 
 
 if __name__ == "__main__":
