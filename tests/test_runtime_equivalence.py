@@ -59,6 +59,8 @@ EQUIVALENT_2 = [
         "pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3",
     ], optimizer="momentum", lr=0.05, global_batch=4),
     _case("loader", {"family": "mlp", "input_dim": 16, "widths": [32], "classes": 4}, ["dp=2", "dp=2,zero=2"], data=TEACHER),
+    # a vocabulary tp does not divide (65 over 2 ranks: 33 + 32 rows), as GPT-2's 50257
+    _case("odd-vocab", {**GPT, "vocab": 65}, ["tp=2", "tp=2,sequence_parallel=true"]),
     # a user module with no tp_plan: tensor parallelism splits the Linear pairs the profiler finds
     _case("user", {"module": "tests.fixtures.user_models:two_tower", "kwargs": {"query_dim": 8, "item_dim": 6, "hidden": 16, "embed": 4},
                    "inputs": [{"shape": [8]}, {"shape": [6]}]}, ["tp=2", "dp=2,zero=3"]),

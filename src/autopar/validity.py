@@ -123,7 +123,10 @@ def _head_units(spec: Optional[ModelSpec]) -> tuple[tuple[str, int], ...]:
 
 
 # Which dimension each tensor-parallel style splits (Linear weight is (out, in)).
-_SPLIT_DIM = {"colwise": "out_features", "rowwise": "in_features", "vocab_head": "out_features", "vocab_embedding": "num_embeddings"}
+# The vocabulary styles are absent: DTensor shards the vocabulary unevenly (torch.chunk
+# sizes) and the vocab-parallel embedding and loss stay exact (equivalence test, vocab 65),
+# so tp need not divide it, unlike widths that views reshape into heads.
+_SPLIT_DIM = {"colwise": "out_features", "rowwise": "in_features"}
 
 
 def _planned_units(module: nn.Module, plan: dict[str, str]) -> tuple[tuple[str, int], ...]:
