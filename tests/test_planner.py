@@ -103,3 +103,16 @@ def test_fix_pins_knobs_and_nothing_fits_exits_with_the_need():
     with pytest.raises(InputError) as err:
         plan(recipe, tiny)
     assert "fits nowhere" in str(err.value) and "per device >" in str(err.value)
+
+
+def test_why_not_a_named_strategy(capsys):
+    from autopar.cli.main import main
+
+    args = ["plan", "examples/gpt3-175b.yaml", "--top", "1"]
+    assert main(args + ["--why", "dp=8,tp=8,pp=16,microbatch=1,recompute=full"]) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert out.startswith("why not dp=8,tp=8,pp=16") and "x the time to train" in out
+    assert main(args + ["--why", "dp=128,tp=8"]) == 0
+    assert "needs " in capsys.readouterr().out.splitlines()[-1]
+    assert main(args + ["--why", "tp=7"]) == 0
+    assert "cannot run: tp(7) must divide heads(96)" in capsys.readouterr().out

@@ -11,6 +11,7 @@ def register(subparsers) -> None:
     add_recipe_args(p)
     p.add_argument("--top", type=int, default=5, metavar="K", help="plans to show (default 5)")
     p.add_argument("--fix", metavar="KNOBS", help='pin knobs and search the rest, e.g. "tp=8,pp=16"')
+    p.add_argument("--why", metavar="STRATEGY", help='also explain why this strategy is not plan 1, e.g. "dp=1024,zero=3"')
     p.add_argument("--objective", choices=("time", "throughput", "devices"), default="time",
                    help="time to train (default), raw throughput, or device-time (cost)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -26,12 +27,26 @@ def run(args) -> int:
     if args.top < 1:
         raise InputError("--top", args.top, "expected an integer >= 1")
     fix = parse_fix(args.fix) if args.fix else None
+    from autopar.spec.strategy import Strategy
+
+    why = Strategy.parse(args.why, field_path="--why") if args.why else None
     result = plan(recipe, cluster, top_k=args.top, fix=fix, objective=Objective(args.objective))
+    reason = _why_not(why, result, recipe, cluster, Objective(args.objective)) if why is not None else None
     if args.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **({"why": {"strategy": why.to_dict(), "reason": reason}} if why else {})})
         return 0
     print(render(result))
+    if why is not None:
+        print(f"\nwhy not {why.to_text()}: {reason}")
     return 0
+
+
+def _why_not(s, result, recipe, cluster, objective) -> str:
+    from autopar.cost.estimate import CostModel
+    from autopar.plan.explain import why_not
+
+    model = CostModel.for_recipe(recipe, cluster)
+    return why_not(s, result.plans[0].estimate, model, cluster, objective)
 
 
 def render(result) -> str:

@@ -104,11 +104,24 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
     return " ".join(words)
 
 
-def _loss_reason(f: Estimate, w: Estimate, cluster: Cluster, objective) -> str:
+def why_not(s: Strategy, best: Estimate, model, cluster: Cluster, objective) -> str:
+    """Why a strategy the user names is not plan 1: invalid, out of memory, or slower (and by what)."""
+    from autopar.cost.validity import strategy_problem
+
+    problem = strategy_problem(s, model.profile, model.work.global_batch, cluster, model.work.precision, model.facts)
+    if problem is not None:
+        return f"cannot run: {problem}"
+    e = model.estimate(s, check=False)
+    if e.fits and e.time_to_train_s <= best.time_to_train_s:
+        return f"it would not lose: {_s(e.step_time_s)} per step vs {_s(best.step_time_s)} (it is among the best plans)"
+    return _loss_reason(e, best, cluster, objective, leanest=False)
+
+
+def _loss_reason(f: Estimate, w: Estimate, cluster: Cluster, objective, leanest: bool = True) -> str:
     s = f.strategy
     cap = cluster.device.memory_bytes * s.threads
     if not f.fits:
-        return f"needs {_gb(f.memory_per_device_bytes)} per device > {_gb(cap)} even at its leanest ({s.to_text()})"
+        return f"needs {_gb(f.memory_per_device_bytes)} per device > {_gb(cap)}{' even at its leanest' if leanest else ''} ({s.to_text()})"
     if _tp_crosses(s, cluster) and f.time_breakdown_s["tp_comm"] > w.time_breakdown_s["tp_comm"]:
         extra = f.time_breakdown_s["tp_comm"] - w.time_breakdown_s["tp_comm"]
         return f"tp={s.tp} crosses nodes: its all-reduces on the inter-node network add {_s(extra)} per step ({s.to_text()})"
