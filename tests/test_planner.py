@@ -108,7 +108,10 @@ def test_fix_pins_knobs_and_nothing_fits_exits_with_the_need():
 def test_why_not_a_named_strategy(capsys):
     from autopar.cli.main import main
 
-    args = ["plan", "examples/gpt3-175b.yaml", "--top", "1"]
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "gpt3-175b.yaml"
+    args = ["plan", str(recipe), "--top", "1"]
     assert main(args + ["--why", "dp=8,tp=8,pp=16,microbatch=1,recompute=full"]) == 0
     out = capsys.readouterr().out.splitlines()[-1]
     assert out.startswith("why not dp=8,tp=8,pp=16") and "x the time to train" in out
