@@ -1,10 +1,15 @@
-"""Runtime pieces that need no process group: stage cutting, tied weights, data rows,
-subnetwork partitions, recompute wrapping, tensor-parallel plans, the torchrun command."""
+"""Runtime pieces that need no process group: per-parameter initialisation, stage cutting,
+tied weights, data rows, subnetwork partitions, recompute wrapping, tensor-parallel plans,
+the torchrun command."""
+
+import math
 
 import pytest
 import torch
 
 from autopar.models import build_model
+from autopar.models import init as model_init
+from autopar.models.init import Dist, InitScheme, ParamInit, fill_, init_table
 from autopar.runtime import pipeline
 from autopar.runtime.checkpointing import apply_activation_checkpointing, clean_name
 from autopar.runtime.data import BatchSource
@@ -27,6 +32,50 @@ CPU = torch.device("cpu")
 def _model_and_batch(recipe):
     mdef = build_model(recipe.model, CPU, torch.float64, seed=0)
     return mdef, BatchSource(mdef, recipe, CPU, torch.float64).rows(0, 0, 4)
+
+
+@pytest.mark.parametrize("shape", [(10, 6), (11,), (6, 3, 2, 2)])
+def test_any_box_of_a_parameter_equals_that_box_of_the_whole(monkeypatch, shape):
+    """A rank's shard (rows, columns, or both) is drawn alone and equals the single-process values."""
+    monkeypatch.setattr(model_init, "BLOCK_ELEMENTS", 7)  # several blocks, some of one row
+    init = ParamInit(Dist.NORMAL, 0.02, shape, "layers.0.fc.weight")
+    whole = fill_(torch.empty(shape, dtype=torch.float64), init, seed=3)
+    assert torch.equal(whole, fill_(torch.empty(shape), init, seed=3).double())  # drawn in float32, cast
+    boxes = [((0,) * len(shape), shape), ((2,) + (0,) * (len(shape) - 1), (3, *shape[1:]))]
+    if len(shape) > 1:
+        boxes += [((0, 2) + (0,) * (len(shape) - 2), (shape[0], 1, *shape[2:])), ((1, 1) + (0,) * (len(shape) - 2), (5, 2, *shape[2:]))]
+    for start, size in boxes:
+        box = fill_(torch.empty(size, dtype=torch.float64), init, seed=3, offset=start)
+        expected = whole[tuple(slice(a, a + n) for a, n in zip(start, size))]
+        assert torch.equal(box, expected), (start, size)
+    other = fill_(torch.empty(shape), ParamInit(Dist.NORMAL, 0.02, shape, "layers.1.fc.weight"), seed=3)
+    assert not torch.equal(other.double(), whole)  # each name its own stream
+    assert not torch.equal(fill_(torch.empty(shape, dtype=torch.float64), init, seed=4), whole)
+    with pytest.raises(ValueError, match="outside"):
+        fill_(torch.empty(2, *shape[1:]), init, seed=3, offset=(shape[0] - 1,) + (0,) * (len(shape) - 1))
+
+
+def test_initial_values_follow_each_family_distribution():
+    gpt = build_model(GPT.model, CPU, torch.float64, seed=0).module
+    assert gpt.head.out.weight is gpt.embed.tok.weight  # tied after materialisation
+    fc1 = gpt.layers[0].mlp.fc1
+    assert abs(fc1.weight.std().item() - 0.02) < 0.002 and not fc1.bias.any() and bool((gpt.layers[0].ln1.weight == 1).all())
+    assert torch.equal(gpt.layers[0].attn.core.mask, torch.ones(8, 8, dtype=torch.bool).triu(1))
+    mlp = build_model(MLP.model, CPU, torch.float64, seed=0).module
+    w, b = mlp.layers[0].fc.weight, mlp.layers[0].fc.bias  # kaiming_uniform(a=sqrt(5)): U(-1/sqrt(12), 1/sqrt(12))
+    assert w.abs().max() <= 1 / math.sqrt(12) and b.abs().max() <= 1 / math.sqrt(12)
+    assert abs(w.std().item() - 1 / math.sqrt(12) / math.sqrt(3)) < 0.03
+    table = init_table(build_model(CNN.model, "meta").module, InitScheme.TORCH_DEFAULT)
+    assert table["stem.conv.weight"].scale == 1 / math.sqrt(3 * 3 * 3) and table["stem.norm.weight"].dist is Dist.ONES
+
+
+def test_meta_build_draws_nothing(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("a meta build drew weights")
+
+    monkeypatch.setattr(model_init, "_draw", refuse)
+    for recipe in (GPT, LLAMA, CNN, MLP):
+        assert all(p.is_meta for p in build_model(recipe.model, "meta").module.parameters())
 
 
 def test_layer_ranges_balanced_and_given():

@@ -3,6 +3,12 @@
 `build_model(spec)` returns a ModelDef for any model kind: a built-in family, a user
 factory ("package.module:factory"), or a transformers config. Building on the meta
 device allocates no weight memory, which is how the profiler handles 1T models.
+
+The built-in families are always built on meta; on a real device they are then
+materialised by models/init.py, whose values are a pure function of (seed, parameter
+name, shape): the runtime can instead parallelize the meta model first and draw only
+each rank's shards, and get the same numbers. A user module or transformers model
+runs its own initialisation, on the device, after torch.manual_seed(seed).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopar.errors import InputError
+from autopar.models.init import InitScheme, materialize_
 from autopar.spec.recipe import (
     CNNSpec,
     GPTSpec,
@@ -71,15 +78,29 @@ class ModelDef:
     tp_plan: Optional[dict[str, str]] = None  # fnmatch pattern -> TPStyle value
     feature_layer: Optional[str] = None  # Linear split by data_partition=features
     tp_units: tuple[int, ...] = ()  # the tensor-parallel degree must divide each (heads, kv heads, widths)
+    init: Optional[InitScheme] = None  # built-ins: drawn per parameter by models/init.py; None: the module's own
+
+
+_BUILTIN = (GPTSpec, LlamaSpec, MLPSpec, CNNSpec, WideLinearSpec)
+
+
+def is_builtin(spec: ModelSpec) -> bool:
+    """A built-in family: initialised by models/init.py, so it can be parallelized on meta first."""
+    return isinstance(spec, _BUILTIN)
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, seed: int = 0) -> ModelDef:
-    """Construct the model on `device` with floating parameters in `dtype`."""
-    if device != "meta" and str(device) != "meta":
+    """Construct the model on `device` with floating parameters in `dtype` (on meta: no
+    weights drawn). torch.manual_seed(seed) is set either way on a real device (dropout)."""
+    real = str(device) != "meta"
+    if real:
         torch.manual_seed(seed)
-    with torch.device(device):
+    deferred = is_builtin(spec)
+    with torch.device("meta" if deferred else device):
         mdef = _build(spec)
     mdef.module.to(dtype=dtype)
+    if real and deferred:
+        materialize_(mdef.module, mdef.init, seed, device)
     return mdef
 
 
@@ -93,7 +114,7 @@ def _build(spec: ModelSpec) -> ModelDef:
         module = GPT(spec) if isinstance(spec, GPTSpec) else Llama(spec)
         tokens = TensorSpec((spec.seq_len,), torch.int64, high=spec.vocab)
         units = (spec.heads, spec.ffn) if isinstance(spec, GPTSpec) else (spec.heads, spec.n_kv_heads, spec.ffn)
-        return ModelDef(module, (tokens,), tokens, token_cross_entropy, spec.family, tp_plan=module.tp_plan(), tp_units=units)
+        return ModelDef(module, (tokens,), tokens, token_cross_entropy, spec.family, tp_plan=module.tp_plan(), tp_units=units, init=module.init_scheme)
     if isinstance(spec, MLPSpec):
         from autopar.models.mlp import MLP
 
@@ -101,17 +122,17 @@ def _build(spec: ModelSpec) -> ModelDef:
         x = TensorSpec((spec.input_dim,), torch.float32)
         n_pairs = (len(spec.widths) + 1) // 2
         units = tuple(spec.widths[2 * i] for i in range(n_pairs))  # widths of the column-split Linears
-        return ModelDef(module, (x,), _classes(spec.classes), F.cross_entropy, "mlp", tp_plan=module.tp_plan(), feature_layer="layers.0.fc", tp_units=units)
+        return ModelDef(module, (x,), _classes(spec.classes), F.cross_entropy, "mlp", tp_plan=module.tp_plan(), feature_layer="layers.0.fc", tp_units=units, init=module.init_scheme)
     if isinstance(spec, CNNSpec):
         from autopar.models.cnn import CNN
 
         x = TensorSpec((spec.channels, spec.image_size, spec.image_size), torch.float32)
-        return ModelDef(CNN(spec), (x,), _classes(spec.classes), F.cross_entropy, "cnn")
+        return ModelDef(CNN(spec), (x,), _classes(spec.classes), F.cross_entropy, "cnn", init=CNN.init_scheme)
     if isinstance(spec, WideLinearSpec):
         from autopar.models.wide_linear import WideLinear
 
         x = TensorSpec((spec.input_dim,), torch.float32)
-        return ModelDef(WideLinear(spec), (x,), _classes(spec.classes), F.cross_entropy, "wide_linear", feature_layer=WideLinear.feature_layer())
+        return ModelDef(WideLinear(spec), (x,), _classes(spec.classes), F.cross_entropy, "wide_linear", feature_layer=WideLinear.feature_layer(), init=WideLinear.init_scheme)
     if isinstance(spec, ModuleSpec):
         return _build_user(spec)
     if isinstance(spec, TransformersSpec):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autopar.models.init import InitScheme
+
 
 class CoreAttention(nn.Module):
     """softmax(Q K^T / sqrt(d) + causal mask) V for q, k, v of shape (B, nh, T, hd)."""
@@ -20,11 +22,13 @@ class CoreAttention(nn.Module):
     def __init__(self, seq_len: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if on_meta():  # shapes only; `triu` on meta costs seconds of decomposition the first time
-            mask = torch.empty(seq_len, seq_len, dtype=torch.bool)
-        else:
-            mask = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)  # True above the diagonal
-        self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("mask", torch.empty(seq_len, seq_len, dtype=torch.bool), persistent=False)
+        if not on_meta():  # on meta: shapes only (`triu` there costs seconds of decomposition)
+            self.init_buffers()
+
+    def init_buffers(self) -> None:
+        T = self.mask.shape[0]
+        self.mask.copy_(torch.ones(T, T, dtype=torch.bool, device=self.mask.device).triu(1))  # True above the diagonal
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         T = q.shape[-2]
@@ -66,17 +70,6 @@ def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), target.flatten(0, 1))
 
 
-def init_transformer_(module: nn.Module, std: float = 0.02) -> None:
-    """GPT-2 initialisation: weights N(0, std), biases 0 (skipped on meta: nothing to fill)."""
-    if any(p.is_meta for p in module.parameters()):
-        return
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-
-
 class NormHead(nn.Module):
     """Final norm and the output projection to the vocabulary: (B, T, h) -> (B, T, V)."""
 
@@ -91,7 +84,10 @@ class NormHead(nn.Module):
 
 class DecoderLM(nn.Module):
     """embed -> layers (identical blocks) -> head: the layout pipelining cuts (between
-    blocks, the embedding riding with the first, the head with the last)."""
+    blocks, the embedding riding with the first, the head with the last). Weights are
+    drawn by autopar.models.init (GPT-2's), not by the constructor."""
+
+    init_scheme = InitScheme.GPT2
 
     def __init__(self, embed: nn.Module, blocks: list, head: NormHead, tie_embeddings: bool):
         super().__init__()
@@ -100,7 +96,6 @@ class DecoderLM(nn.Module):
         self.head = head
         if tie_embeddings:
             self.head.out.weight = self.embed.tok.weight
-        init_transformer_(self)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)

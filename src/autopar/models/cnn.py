@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autopar.models.init import InitScheme
 from autopar.spec.recipe import CNNSpec
 
 
@@ -65,6 +66,8 @@ def stage_of_blocks(depth: int) -> list[int]:
 
 
 class CNN(nn.Module):
+    init_scheme = InitScheme.TORCH_DEFAULT  # drawn by autopar.models.init
+
     def __init__(self, spec: CNNSpec):
         super().__init__()
         self.stem = Stem(spec.channels, spec.width)

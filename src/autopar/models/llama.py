@@ -46,6 +46,11 @@ class LlamaAttention(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
+    def init_buffers(self) -> None:
+        cos, sin = rotary_tables(self.cos.shape[0], self.head_dim)  # float32 on the CPU, then cast
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = apply_rotary(split_heads(self.wq(x), self.head_dim), self.cos, self.sin)
         k = apply_rotary(split_heads(self.wk(x), self.head_dim), self.cos, self.sin)

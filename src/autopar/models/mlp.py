@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autopar.models.init import InitScheme
 from autopar.spec.recipe import MLPSpec
 
 
@@ -19,6 +20,8 @@ class Dense(nn.Module):
 
 
 class MLP(nn.Module):
+    init_scheme = InitScheme.TORCH_DEFAULT  # drawn by autopar.models.init
+
     def __init__(self, spec: MLPSpec):
         super().__init__()
         dims = [spec.input_dim, *spec.widths, spec.classes]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autopar.models.init import InitScheme
 from autopar.spec.recipe import WideLinearSpec
 
 
@@ -25,6 +26,8 @@ class WideInput(nn.Module):
 
 
 class WideLinear(nn.Module):
+    init_scheme = InitScheme.TORCH_DEFAULT  # drawn by autopar.models.init
+
     def __init__(self, spec: WideLinearSpec):
         super().__init__()
         width = spec.hidden or spec.classes

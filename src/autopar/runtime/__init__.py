@@ -9,11 +9,23 @@ each model chunk in one fixed order (torchtitan's), by `parallelize.parallelize`
   3. checkpointing.py    apply_activation_checkpointing  none / selective (attention core) / full (each block)
   4. sharding.py         apply_fsdp             FSDP2 `fully_shard`: ZeRO-2/3, and data parallel over
                                                 tensor parallel (HSDP replicas for zero=0)
+  5. materialize.py      apply_materialization  meta-device model -> to_empty on the device, then each
+                                                rank draws only the parameter boxes it holds
      data_parallel.py    apply_ddp              DDP (ZeRO-0, and ZeRO-1 with sharding.zero1_optimizer)
-  5. pipeline.py         apply_pipeline_schedule  PipelineStage per chunk + GPipe / 1F1B / Interleaved1F1B
-  6. checkpoint.py       Checkpointer.resume    with --checkpoint: load DIR's latest step (DCP) into the
+  6. pipeline.py         apply_pipeline_schedule  PipelineStage per chunk + GPipe / 1F1B / Interleaved1F1B
+  7. checkpoint.py       Checkpointer.resume    with --checkpoint: load DIR's latest step (DCP) into the
                                                 wrapped chunks and optimizer, resharded to this layout;
                                                 Checkpointer.save every N steps and at the end
+
+Where the weights come from. The built-in families (gpt, llama, mlp, cnn, wide_linear)
+are built on the meta device and steps 1-4 run there, so no rank ever holds the whole
+model: step 5 allocates the rank's shards and fills them from models/init.py, whose
+values are a pure function of (seed, parameter name, shape) and so equal single-process
+training's whatever the layout (peak: the shard plus one block of drawn values). A user
+module ("package.module:factory") or a transformers model initialises itself in its own
+way, which cannot be replayed per shard: every rank builds it whole on the device (after
+torch.manual_seed(seed)) and parallelizes it afterwards, as do IST and Hogwild for every
+model (they keep the whole network by design).
 
 Techniques that change the training loop rather than wrap the model:
   features.py      apply_feature_partition  data split by input features, partial products all-reduced

@@ -3,15 +3,20 @@
   1. pipeline split           (pipeline.apply_pipeline_split)
   2. tensor parallel          (tensor_parallel.apply_tensor_parallel) / feature partition (features)
   3. activation checkpointing (checkpointing.apply_activation_checkpointing)
-  4. FSDP2 or DDP             (sharding.apply_fsdp / data_parallel.apply_ddp)
-  5. optimizer                (optim.build_optimizer / sharding.zero1_optimizer)
-  6. pipeline schedule        (pipeline.apply_pipeline_schedule), over the wrapped chunks
+  4. FSDP2                    (sharding.apply_fsdp)
+  5. materialization          (materialize.apply_materialization): a model built on the meta
+                              device (the built-in families) is allocated and initialised
+                              here, each rank drawing only what steps 1-4 left it
+  6. DDP                      (data_parallel.apply_ddp; it needs real weights to broadcast)
+  7. optimizer                (optim.build_optimizer / sharding.zero1_optimizer)
+  8. pipeline schedule        (pipeline.apply_pipeline_schedule), over the wrapped chunks
 
-Local SGD (sync=async) takes steps 1-3 only: its replicas never sync gradients.
+Local SGD (sync=async) takes steps 1-3 and 5 only: its replicas never sync gradients.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Optional
@@ -20,9 +25,11 @@ import torch
 from torch import nn
 
 from autopar.models import ModelDef
+from autopar.models.init import ParamInit, init_table
 from autopar.runtime import features, pipeline
 from autopar.runtime.checkpointing import apply_activation_checkpointing
 from autopar.runtime.data_parallel import apply_ddp
+from autopar.runtime.materialize import apply_materialization, on_meta
 from autopar.runtime.mesh import RankContext, dp_group, dp_mesh
 from autopar.runtime.optim import build_optimizer
 from autopar.runtime.precision import PrecisionPlan
@@ -57,15 +64,27 @@ class Parallelized:
 
 
 def parallelize(mdef: ModelDef, s: Strategy, ctx: RankContext, training: TrainingSpec, precision: PrecisionPlan) -> Parallelized:
+    """`mdef.module` may be on the meta device (then it must have an `init` scheme): it is
+    parallelized there and materialized with this rank's shards only."""
     applied: list[str] = []
     model = mdef.module
+    table = _init_table(mdef)
     ties = pipeline.cross_stage_ties(model, s) if s.pp > 1 else []
     chunks = _split(model, s, ctx, applied)
     loss_parallel, fslice, gatherers = _partition(mdef, s, ctx, chunks, applied)
     wrapped = sum(apply_activation_checkpointing(c.module, s.recompute) for c in chunks)
     if s.recompute is not Recompute.NONE:
         applied.append(f"recompute({s.recompute.value}, {wrapped} modules)")
-    chunks, grad_sync = _data_parallel(chunks, s, ctx, precision, applied)
+    grad_sync = _grad_sync(s)
+    if grad_sync is GradSync.FSDP:
+        _fsdp(chunks, s, ctx, precision, applied)
+    if table is not None:
+        offsets = {f"{mdef.feature_layer}.weight": (0, fslice.lo)} if fslice else None
+        drawn = sum(apply_materialization(c.module, table, training.seed, ctx.device, offsets) for c in chunks)
+        total = sum(math.prod(i.shape) for name, i in table.items() if i.key == name)
+        applied.append(f"meta_init({mdef.init.value}, this rank drew {drawn:,} of {total:,} values)")
+    if grad_sync is GradSync.DDP:
+        chunks = _ddp(chunks, ctx, applied)
     params = [p for c in chunks for p in c.module.parameters()]
     if grad_sync is GradSync.DDP and s.zero == 1:
         optimizer = zero1_optimizer(params, training, dp_group(ctx.mesh, ctx.dims))
@@ -102,19 +121,33 @@ def _partition(mdef: ModelDef, s: Strategy, ctx: RankContext, chunks, applied) -
     return loss_parallel, fslice, {f"{mdef.feature_layer}.weight": lambda t: features.gather_columns(t, fslice, group)}
 
 
-def _data_parallel(chunks, s: Strategy, ctx: RankContext, precision: PrecisionPlan, applied) -> tuple[list[pipeline.Chunk], GradSync]:
+def _init_table(mdef: ModelDef) -> Optional[dict[str, ParamInit]]:
+    """The per-parameter initialisation of a meta-device model (None: already materialized)."""
+    if not on_meta(mdef.module):
+        return None
+    if mdef.init is None:
+        raise ValueError(f"{mdef.name} is on the meta device but has no initialisation scheme; build it on the device")
+    return init_table(mdef.module, mdef.init)
+
+
+def _grad_sync(s: Strategy) -> GradSync:
     if s.dp == 1 or s.is_async or s.data_partition is DataPartition.FEATURES:
-        return chunks, GradSync.NONE
-    if uses_fsdp(s.zero, s.tp, s.pp, s.dp):
-        mesh = dp_mesh(ctx.mesh, ctx.dims)
-        for chunk in chunks:
-            apply_fsdp(chunk.module, mesh, s.zero, precision.fsdp_policy())
-        kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp(zero{3 if s.zero == 3 else 2})"
-        applied.append(f"{kind}(dp={s.dp})")
-        return chunks, GradSync.FSDP
+        return GradSync.NONE
+    return GradSync.FSDP if uses_fsdp(s.zero, s.tp, s.pp, s.dp) else GradSync.DDP
+
+
+def _fsdp(chunks, s: Strategy, ctx: RankContext, precision: PrecisionPlan, applied) -> None:
+    mesh = dp_mesh(ctx.mesh, ctx.dims)
+    for chunk in chunks:
+        apply_fsdp(chunk.module, mesh, s.zero, precision.fsdp_policy())
+    kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp(zero{3 if s.zero == 3 else 2})"
+    applied.append(f"{kind}(dp={s.dp})")
+
+
+def _ddp(chunks, ctx: RankContext, applied) -> list[pipeline.Chunk]:
     group = dp_group(ctx.mesh, ctx.dims)
-    applied.append(f"ddp(dp={s.dp})")
-    return [pipeline.Chunk(c.stage, apply_ddp(c.module, group, ctx.device)) for c in chunks], GradSync.DDP
+    applied.append(f"ddp(dp={ctx.dims.dp})")
+    return [pipeline.Chunk(c.stage, apply_ddp(c.module, group, ctx.device)) for c in chunks]
 
 
 def _add_pipeline(par: Parallelized, mdef: ModelDef, s: Strategy, ctx: RankContext, ties, training: TrainingSpec) -> None:

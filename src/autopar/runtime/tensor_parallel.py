@@ -21,7 +21,6 @@ Shard(0) over the vocabulary, so one DTensor parameter serves both.
 from __future__ import annotations
 
 from fnmatch import fnmatch
-from typing import Optional
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -36,6 +35,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from autopar.models.init import retie_, tied_parameters
 from autopar.spec.enums import TPStyle
 
 _NORMS = (nn.LayerNorm, nn.RMSNorm)
@@ -49,7 +49,7 @@ def apply_tensor_parallel(module: nn.Module, tp_mesh: DeviceMesh, tp_plan: dict[
     if sequence_parallel:
         plan.update(_sequence_parallel_plan(module, styles))
     parallelize_module(module, tp_mesh, plan)
-    retie(module, ties)
+    retie_(module, ties)
     return TPStyle.VOCAB_HEAD in styles.values()
 
 
@@ -86,26 +86,3 @@ def _sequence_parallel_plan(module: nn.Module, styles: dict[str, TPStyle]) -> di
     if isinstance(getattr(module, "embed", None), nn.Module):
         plan["embed"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(1))
     return plan
-
-
-# ------------------------------------------------------------------ tied weights
-
-
-def tied_parameters(module: nn.Module) -> list[list[str]]:
-    """Groups of parameter names that share one tensor (the first name owns it)."""
-    by_id: dict[int, list[str]] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
-
-
-def retie(module: nn.Module, ties: list[list[str]]) -> None:
-    for owner, *aliases in ties:
-        param = module.get_parameter(owner)
-        for alias in aliases:
-            parent, _, attr = alias.rpartition(".")
-            target: Optional[nn.Module] = module.get_submodule(parent) if parent else module
-            old = getattr(target, attr)
-            if getattr(old, "placements", None) != getattr(param, "placements", None):
-                raise RuntimeError(f"cannot re-tie {alias} to {owner}: placements {old.placements} != {param.placements}")
-            setattr(target, attr, param)

@@ -1,5 +1,9 @@
 """The training loop: build the model, apply the strategy, run the steps, measure them.
 
+A built-in family is built on the meta device and parallelized before any weight exists
+(each rank then draws only its shards: materialize.py); a user module or transformers
+model is built whole on every rank by its own initialisation, then parallelized.
+
 `train(recipe, strategy, options, device)` runs inside an initialised process group
 (one process per dp * tp * pp rank) and returns the run's measurements, identical on
 every rank. A trainer's `step(i)` returns this rank's weighted share of step i's loss
@@ -19,7 +23,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
-from autopar.models import build_model
+from autopar.models import build_model, is_builtin
 from autopar.runtime.checkpoint import Checkpointer, CheckpointOptions
 from autopar.runtime.checkpointing import clean_name
 from autopar.runtime.data import Batch, BatchSource
@@ -96,11 +100,21 @@ def with_tp_plan(mdef, recipe: Recipe, s: Strategy):
     return replace(mdef, tp_plan=tp_plan_of(build_model(recipe.model, "meta")))
 
 
+def build_on_meta_if_builtin(recipe: Recipe, device: torch.device, dtype: torch.dtype):
+    """A built-in family on the meta device (parallelize() then draws only this rank's
+    shards, see materialize.py); any other model whole on `device`, by its own init."""
+    seed = recipe.training.seed
+    if not is_builtin(recipe.model):
+        return build_model(recipe.model, device, dtype, seed)
+    torch.manual_seed(seed)  # as a build on the device seeds it: dropout draws from it
+    return build_model(recipe.model, "meta", dtype, seed)
+
+
 class StandardTrainer:
     """Synchronous strategies (DDP, ZeRO, TP, PP, features) and local SGD."""
 
     def __init__(self, recipe: Recipe, s: Strategy, ctx: RankContext, precision: PrecisionPlan, steps: int):
-        mdef = with_tp_plan(build_model(recipe.model, ctx.device, precision.param_dtype, recipe.training.seed), recipe, s)
+        mdef = with_tp_plan(build_on_meta_if_builtin(recipe, ctx.device, precision.param_dtype), recipe, s)
         self.s, self.ctx, self.precision, self.loss_fn = s, ctx, precision, mdef.loss
         self.source = BatchSource(mdef, recipe, ctx.device, precision.param_dtype)
         self.par = parallelize(mdef, s, ctx, recipe.training, precision)
