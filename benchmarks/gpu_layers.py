@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from autopar.cost.efficiency import DEFAULT
-from autopar.cost.estimate import CostModel
+from autopar.cost.model import CostModel
 from autopar.models import build_model
 from autopar.spec.cluster import parse_cluster
 from autopar.spec.recipe import parse_recipe

@@ -76,7 +76,6 @@ def main() -> None:
         print(f"  MAPE {sc.mape:.1%}  Spearman {sc.spearman:.2f}  regret {sc.regret:+.1%}")
         report[path] = {"rows": [r.to_dict() for r in rows], **sc.to_dict()}
     overall = score(all_rows)
-    mapes = [v["mape"] for v in report.values()]
     print(f"\nall: MAPE {overall.mape:.1%}; per model Spearman {[round(v['spearman'], 2) for v in report.values()]}, "
           f"regret {[round(v['regret'], 3) for v in report.values()]}")
     print(f"targets: MAPE <= 20 %: {'ok' if overall.mape <= 0.2 else 'MISSED'}; "

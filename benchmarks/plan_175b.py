@@ -10,7 +10,7 @@ Run: python benchmarks/plan_175b.py
 
 import time
 
-from autopar.cost.estimate import CostModel
+from autopar.cost.model import CostModel
 from autopar.plan.planner import plan
 from autopar.profile.profiler import profile_recipe
 from autopar.spec.cluster import parse_cluster

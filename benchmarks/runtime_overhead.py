@@ -99,7 +99,7 @@ def worker() -> None:
     import torch
     import torch.distributed as dist
 
-    from autopar.runtime.worker import finish
+    from autopar.cli.worker import finish
     from autopar.spec.recipe import parse_recipe
 
     dist.init_process_group("gloo")

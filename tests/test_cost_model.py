@@ -7,13 +7,14 @@ import pytest
 
 from autopar.cost import collectives as coll
 from autopar.cost.efficiency import DEFAULT
-from autopar.cost.estimate import CostModel
-from autopar.cost.memory import model_state_bytes
-from autopar.cost.pipeline import layout_brute_force, layout_dp, layout_fast, schedule_time_s, stage_max_time
+from autopar.cost.model import CostModel
 from autopar.spec.cluster import parse_cluster
 from autopar.spec.enums import Optimizer, Precision, Recompute
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
+from autopar.techniques import InvalidStrategy
+from autopar.techniques.data.cost import bytes_per_param, model_state_bytes
+from autopar.techniques.pipeline.cost import layout_brute_force, layout_dp, layout_fast, layout_runs, schedule_time_s, stage_max_time
 from autopar.validation.published import check_run, load_runs, per_layer_rows, zero_cell_error, zero_memory_rows
 
 DGX = parse_cluster({"preset": "dgx-a100-80gb", "nodes": 4})
@@ -49,10 +50,11 @@ def test_one_f_one_b_bubble_is_p_minus_1_over_m_of_the_work():
 
 def test_zero_memory_matches_the_papers_formulas():
     psi = 7.5e9
+    per_param = bytes_per_param(Optimizer.ADAM, Precision.FP16)
     for nd in (1, 4, 64, 1024):
-        os_ = model_state_bytes(psi, Optimizer.ADAM, Precision.FP16, 1, nd).total
-        osg = model_state_bytes(psi, Optimizer.ADAM, Precision.FP16, 2, nd).total
-        osgp = model_state_bytes(psi, Optimizer.ADAM, Precision.FP16, 3, nd).total
+        os_ = model_state_bytes(psi, per_param, 1, nd).total
+        osg = model_state_bytes(psi, per_param, 2, nd).total
+        osgp = model_state_bytes(psi, per_param, 3, nd).total
         assert os_ == pytest.approx(4 * psi + 12 * psi / nd)
         assert osg == pytest.approx(2 * psi + 14 * psi / nd)
         assert osgp == pytest.approx(16 * psi / nd)
@@ -104,8 +106,6 @@ def test_stage_layout_dp_equals_brute_force_and_fast_solver_agrees():
 
 
 def test_invalid_strategies_name_the_arithmetic():
-    from autopar.cost.validity import InvalidStrategy
-
     model = CostModel.for_recipe(_gpt(), DGX)
     cases = {
         "dp=64,tp=1": "dp(64) * tp(1) * pp(1) * threads(1) = 64 > devices(32)",
@@ -142,8 +142,6 @@ def test_memory_falls_with_zero_stage_and_recompute():
 
 
 def test_run_length_layout_matches_the_dynamic_program():
-    from autopar.cost.pipeline import layout_runs
-
     rng = random.Random(1)
     for _ in range(200):
         runs = [(rng.choice([0.05, 1.0, 1.3, rng.random() * 2 + 0.01]), rng.randint(1, 6)) for _ in range(rng.randint(1, 4))]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autopar.cost.estimate import CostModel
+from autopar.cost.model import CostModel
 from autopar.errors import InputError
 from autopar.plan.planner import plan
 from autopar.spec.cluster import parse_cluster
@@ -106,9 +106,9 @@ def test_fix_pins_knobs_and_nothing_fits_exits_with_the_need():
 
 
 def test_why_not_a_named_strategy(capsys):
-    from autopar.cli.main import main
-
     from pathlib import Path
+
+    from autopar.cli.main import main
 
     recipe = Path(__file__).resolve().parents[1] / "examples" / "gpt3-175b.yaml"
     args = ["plan", str(recipe), "--top", "1"]

@@ -6,6 +6,7 @@ from autopar.profile.profiler import profile_model
 from autopar.spec.enums import Precision
 from autopar.spec.recipe import parse_recipe
 
+
 def _model(**kw):
     return parse_recipe({"model": kw, "data": {"samples": 8}, "training": {"global_batch": 8}}).model
 
@@ -19,10 +20,10 @@ def _megatron_table1():
 
 @pytest.mark.parametrize("m", _megatron_table1(), ids=lambda m: f"{m['params_b']}B")
 def test_gpt_params_match_megatron_eq2(m):
-    """Megatron-LM SC'21 Eq. 2: P = 12 l h^2 (1 + 13/(12h) + (V+s)/(12 l h))."""
-    l, h, s, V = m["layers"], m["hidden"], m["seq_len"], m["vocab"]
-    expected = 12 * l * h**2 * (1 + 13 / (12 * h) + (V + s) / (12 * l * h))
-    prof = profile_model(_model(family="gpt", layers=l, hidden=h, heads=m["heads"], seq_len=s, vocab=V))
+    """Megatron-LM SC'21 Eq. 2: P = 12 L h^2 (1 + 13/(12h) + (V+s)/(12 L h))."""
+    L, h, s, V = m["layers"], m["hidden"], m["seq_len"], m["vocab"]
+    expected = 12 * L * h**2 * (1 + 13 / (12 * h) + (V + s) / (12 * L * h))
+    prof = profile_model(_model(family="gpt", layers=L, hidden=h, heads=m["heads"], seq_len=s, vocab=V))
     assert prof.params == pytest.approx(expected, rel=0.005)
     assert prof.params == pytest.approx(m["params_b"] * 1e9, rel=0.03)  # the table rounds (1.65 B -> "1.7")
 
@@ -48,19 +49,19 @@ def test_gpt_layer_forward_flops_and_korthikanti_activations():
 
 def test_identical_blocks_profiled_once():
     prof = profile_model(_model(family="gpt", layers=6, hidden=64, heads=4, seq_len=16, vocab=100))
-    names = [l.name for l in prof.layers]
+    names = [lp.name for lp in prof.layers]
     assert names == ["embed"] + [f"layers.{i}" for i in range(6)] + ["head"]
-    blocks = {id(l.stats) for l in prof.layers[1:-1]}
+    blocks = {id(lp.stats) for lp in prof.layers[1:-1]}
     assert len(blocks) == 1 and len(prof.groups()) == 3
 
 
 def test_llama_grouped_query_attention_params():
-    l, h, a, kv, V = 3, 256, 8, 2, 1000
-    spec = _model(family="llama", layers=l, hidden=h, heads=a, kv_heads=kv, seq_len=32, vocab=V)
+    L, h, a, kv, V = 3, 256, 8, 2, 1000
+    spec = _model(family="llama", layers=L, hidden=h, heads=a, kv_heads=kv, seq_len=32, vocab=V)
     hd, ffn = h // a, spec.ffn
     assert ffn == 768  # int(2 * 4h / 3) = 682 rounded up to a multiple of 256
     per_layer = h * a * hd + 2 * h * kv * hd + a * hd * h + 3 * h * ffn + 2 * h
-    expected = l * per_layer + 2 * V * h + h  # untied embedding and head, final norm
+    expected = L * per_layer + 2 * V * h + h  # untied embedding and head, final norm
     prof = profile_model(spec)
     assert prof.params == expected
     assert prof.layers[1].stats.params == per_layer
@@ -71,7 +72,7 @@ def test_user_two_tower_module_profiles_without_special_casing():
     spec = _model(module="tests.fixtures.user_models:two_tower", kwargs={"hidden": 64},
                   inputs=[{"shape": [32]}, {"shape": [48]}])
     prof = profile_model(spec, Precision.FP32)
-    assert [l.name for l in prof.layers] == ["query", "item"]
+    assert [lp.name for lp in prof.layers] == ["query", "item"]
     q, i = prof.layers[0].stats, prof.layers[1].stats
     assert q.params == 32 * 64 + 64 + 64 * 16 + 16
     assert q.forward_flops == 2 * (32 * 64 + 64 * 16)
@@ -83,7 +84,7 @@ def test_user_two_tower_module_profiles_without_special_casing():
 
 def test_mlp_declares_pairs_across_layers():
     prof = profile_model(_model(family="mlp", input_dim=32, widths=[64, 64, 64], classes=10), Precision.FP32)
-    styles = [dict(l.stats.tp_styles) for l in prof.layers]
+    styles = [dict(lp.stats.tp_styles) for lp in prof.layers]
     assert styles == [{"fc": "colwise"}, {"fc": "rowwise"}, {"fc": "colwise"}, {"fc": "rowwise"}]
     assert prof.layers[0].stats.output_tp_sharded and not prof.layers[1].stats.output_tp_sharded
 
@@ -100,12 +101,9 @@ def test_profile_of_a_huge_model_allocates_nothing():
 
 
 def test_generic_tp_plan_names_the_pairs_of_any_module():
-    from autopar.models import build_model
-    from autopar.profile.profiler import tp_plan_of
-
     spec = _model(module="tests.fixtures.user_models:two_tower", kwargs={"hidden": 64},
                   inputs=[{"shape": [32]}, {"shape": [48]}])
-    plan = tp_plan_of(build_model(spec, device="meta"))
+    plan = dict(profile_model(spec).facts.tp_plan)  # what the profiler found is what the runtime applies
     assert plan == {"query.up": "colwise", "query.down": "rowwise", "item.up": "colwise", "item.down": "rowwise"}
 
 
@@ -117,5 +115,5 @@ def test_transformers_llama_config_profiles_on_meta():
     h, kv, ffn, V, L = 256, 2 * 32, 688, 1000, 3
     per_layer = h * h + 2 * h * kv + h * h + 3 * h * ffn + 2 * h
     assert prof.params == L * per_layer + 2 * V * h + h
-    block = next(l.stats for l in prof.layers if l.stats.kind == "LlamaDecoderLayer")
+    block = next(lp.stats for lp in prof.layers if lp.stats.kind == "LlamaDecoderLayer")
     assert dict(block.tp_styles) == {"mlp.gate_proj": "colwise", "mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}

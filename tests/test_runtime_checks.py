@@ -5,15 +5,14 @@ launcher replaced by a function that fails the test, so "exit 2" also proves tha
 torchrun (and no worker) was started.
 """
 
-import sys
-import types
+import json
 
 import pytest
 import yaml
 
+from autopar import techniques
 from autopar.cli.main import main
-from autopar.models import build_model
-from autopar import validity
+from autopar.profile.profiler import profile_recipe
 from autopar.runtime import launch
 from autopar.spec.enums import Precision
 from autopar.spec.recipe import parse_recipe
@@ -30,14 +29,13 @@ CNN = {**GPT, "model": {"family": "cnn", "depth": 2, "width": 8, "image_size": 8
 
 
 def _facts(raw):
-    recipe = parse_recipe(raw)
-    return validity.facts_from_model(build_model(recipe.model, "meta"), recipe.model)
+    return profile_recipe(parse_recipe(raw)).facts
 
 
 def _problems(raw, text, nproc=None, nnodes=1, precision=Precision.FP32):
     s = Strategy.parse(text)
     nproc = nproc if nproc is not None else s.devices // nnodes
-    return validity.run_problems(s, _facts(raw), raw["training"]["global_batch"], precision, validity.Launch(nproc, nnodes))
+    return techniques.run_problems(s, _facts(raw), raw["training"]["global_batch"], precision, techniques.Launch(nproc, nnodes))
 
 
 BAD = [
@@ -147,7 +145,7 @@ def test_print_command_single_node(tmp_path, capsys, no_launch):
     assert main(["run", path, "--strategy", "dp=2,tp=2,threads=2", "--steps", "5", "--print-command"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("OMP_NUM_THREADS=2 torchrun --standalone --nproc-per-node 4 ")
-    assert "-m autopar.runtime.worker --recipe" in out and "--strategy dp=2,tp=2,threads=2 --steps 5" in out
+    assert "-m autopar.cli.worker --recipe" in out and "--strategy dp=2,tp=2,threads=2 --steps 5" in out
 
 
 def test_print_command_multi_node(tmp_path, capsys, no_launch):
@@ -159,17 +157,34 @@ def test_print_command_multi_node(tmp_path, capsys, no_launch):
     assert expected in out
 
 
-def test_plan_without_planner_exits_2(tmp_path, capsys, monkeypatch, no_launch):
-    monkeypatch.setitem(sys.modules, "autopar.plan.planner", None)  # import fails
-    assert main(["run", _recipe(tmp_path, GPT), "--plan", "1"]) == 2
-    assert "--plan" in capsys.readouterr().err
+def test_plan_runs_the_planners_nth_plan(tmp_path, capsys, no_launch):
+    """--plan N searches; --plan FILE[:N] replays a saved plan without searching (same strategy)."""
+    path = _recipe(tmp_path, GPT)
+    assert main(["plan", path, "--cluster", _cluster(tmp_path), "--json", "--top", "3"]) == 0
+    saved = capsys.readouterr().out
+    (tmp_path / "plan.json").write_text(saved)
+    second = Strategy.from_dict(json.loads(saved)["plans"][1]["strategy"])
+    for which in ("2", f"{tmp_path / 'plan.json'}:2"):
+        assert main(["run", path, "--cluster", _cluster(tmp_path), "--plan", which, "--print-command"]) == 0
+        assert f"--strategy {second.to_text()} " in capsys.readouterr().out
+    assert main(["run", path, "--cluster", _cluster(tmp_path), "--plan", "9"]) == 2
+    assert "expected a plan number 1 .. 5 (the planner found 5 plans)" in capsys.readouterr().err
 
 
-def test_plan_runs_the_planners_nth_plan(tmp_path, capsys, monkeypatch, no_launch):
-    fake = types.ModuleType("autopar.plan.planner")
-    fake.plan = lambda recipe, cluster: [types.SimpleNamespace(strategy=Strategy.parse("dp=2")), Strategy.parse("tp=2")]
-    monkeypatch.setitem(sys.modules, "autopar.plan.planner", fake)
-    assert main(["run", _recipe(tmp_path, GPT), "--plan", "2", "--print-command"]) == 0
-    assert "--strategy tp=2" in capsys.readouterr().out
-    assert main(["run", _recipe(tmp_path, GPT), "--plan", "3"]) == 2
-    assert "expected 1 .. 2" in capsys.readouterr().err
+def test_a_saved_plan_for_another_recipe_is_refused(tmp_path, capsys, no_launch):
+    path = _recipe(tmp_path, GPT)
+    assert main(["plan", path, "--cluster", _cluster(tmp_path), "--json"]) == 0
+    (tmp_path / "plan.json").write_text(capsys.readouterr().out)
+    (tmp_path / "other").mkdir()
+    other = _recipe(tmp_path / "other", {**GPT, "training": {**GPT["training"], "global_batch": 16}})
+    assert main(["run", other, "--plan", str(tmp_path / "plan.json")]) == 2
+    assert "was planned for another recipe" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["run", path, "--plan", str(tmp_path / "bad.json")]) == 2
+    assert "not a saved plan" in capsys.readouterr().err
+
+
+def _cluster(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"preset": "cpu-local", "nodes": 1, "devices_per_node": 4}))
+    return str(path)

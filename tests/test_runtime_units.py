@@ -9,17 +9,20 @@ import torch
 
 from autopar.models import build_model
 from autopar.models import init as model_init
-from autopar.models.init import Dist, InitScheme, ParamInit, fill_, init_table
-from autopar.runtime import pipeline
-from autopar.runtime.checkpointing import apply_activation_checkpointing, clean_name
+from autopar.models.init import Dist, InitScheme, ParamInit, fill_, init_table, tied_parameters
+from autopar.profile.facts import hidden_groups
 from autopar.runtime.data import BatchSource
-from autopar.runtime.features import feature_slice
 from autopar.runtime.launch import Rendezvous, WorkerArgs, torchrun_args
-from autopar.runtime.subnet import apply_subnet, draw_partition, hidden_groups
-from autopar.runtime.tensor_parallel import resolve_plan, tied_parameters
+from autopar.runtime.names import clean_name
+from autopar.runtime.train import with_stages
 from autopar.spec.enums import Recompute, TPStyle
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
+from autopar.techniques.features.apply import feature_slice
+from autopar.techniques.pipeline import apply as pipeline
+from autopar.techniques.recompute.apply import apply_activation_checkpointing
+from autopar.techniques.subnet.apply import apply_subnet, draw_partition
+from autopar.techniques.tensor.apply import resolve_plan
 
 TRAINING = {"global_batch": 8, "optimizer": "adam", "precision": "fp32"}
 GPT = parse_recipe({"model": {"family": "gpt", "layers": 5, "hidden": 32, "heads": 4, "seq_len": 8, "vocab": 64}, "data": {"samples": 20}, "training": TRAINING})
@@ -78,15 +81,17 @@ def test_meta_build_draws_nothing(monkeypatch):
         assert all(p.is_meta for p in build_model(recipe.model, "meta").module.parameters())
 
 
-def test_layer_ranges_balanced_and_given():
-    assert pipeline.layer_ranges(5, 2, None) == [range(0, 3), range(3, 5)]
-    assert pipeline.layer_ranges(7, 4, None) == [range(0, 2), range(2, 4), range(4, 6), range(6, 7)]
+def test_layer_ranges_are_given_never_invented():
+    """The runtime has no layout of its own: the cost model's (with_stages) or the user's."""
     assert pipeline.layer_ranges(5, 2, (1, 4)) == [range(0, 1), range(1, 5)]
+    for bad in (None, (2, 2), (1, 1, 3)):
+        with pytest.raises(ValueError, match="pipeline needs stages="):
+            pipeline.layer_ranges(5, 2, bad)
 
 
 @pytest.mark.parametrize("recipe,text", [(GPT, "pp=2,stages=2/3"), (CNN, "pp=3"), (MLP, "pp=3"), (GPT, "pp=2,virtual_stages=2,schedule=interleaved")])
 def test_stage_chunks_chained_equal_the_model(recipe, text):
-    s = Strategy.parse(text)
+    s = with_stages(recipe, Strategy.parse(text), None)
     mdef, (inputs, _) = _model_and_batch(recipe)
     expected = mdef.module(*inputs)
     chunks = sorted((c for r in range(s.pp) for c in pipeline.apply_pipeline_split(mdef.module, s, r)), key=lambda c: c.stage)
@@ -101,10 +106,10 @@ def test_stage_chunks_chained_equal_the_model(recipe, text):
 
 def test_tied_weights_across_stages():
     gpt = build_model(GPT.model, "meta").module
-    ties = pipeline.cross_stage_ties(gpt, Strategy.parse("pp=2"))
+    ties = pipeline.cross_stage_ties(gpt, Strategy.parse("pp=2,stages=2/3"))
     assert [(t.names, t.stages) for t in ties] == [(("embed.tok.weight", "head.out.weight"), (0, 1))]
     assert tied_parameters(gpt) == [["embed.tok.weight", "head.out.weight"]]
-    assert pipeline.cross_stage_ties(build_model(LLAMA.model, "meta").module, Strategy.parse("pp=2")) == []
+    assert pipeline.cross_stage_ties(build_model(LLAMA.model, "meta").module, Strategy.parse("pp=2,stages=1/1")) == []
 
 
 def test_tp_plan_resolves_to_every_matching_module():
@@ -181,4 +186,4 @@ def test_torchrun_args_put_processes_not_threads_per_node():
     worker = WorkerArgs("r.yaml", Strategy.parse("dp=4,tp=2,threads=2"), steps=3)
     args = torchrun_args(worker.strategy, Rendezvous(nnodes=2, endpoint="h:1"), worker)
     assert args[args.index("--nproc-per-node") + 1] == "4"
-    assert args[args.index("-m") + 1] == "autopar.runtime.worker"
+    assert args[args.index("-m") + 1] == "autopar.cli.worker"

@@ -22,11 +22,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from autopar.cli.worker import finish
 from autopar.models import build_model
 from autopar.runtime.data import BatchSource
 from autopar.runtime.optim import build_optimizer
 from autopar.runtime.train import RunOptions, train
-from autopar.runtime.worker import finish
 from autopar.spec.recipe import Recipe, parse_recipe
 from autopar.spec.strategy import Strategy
 

@@ -28,8 +28,9 @@ import torch.distributed as dist
 from autopar.models import build_model
 from autopar.runtime.materialize import local_box
 from autopar.runtime.mesh import ParallelDims, RankContext
+from autopar.runtime.parallelize import applied_modules
 from autopar.runtime.precision import PrecisionPlan
-from autopar.runtime.train import make_trainer
+from autopar.runtime.train import make_trainer, with_stages
 from autopar.spec.recipe import Recipe, parse_recipe
 from autopar.spec.strategy import Strategy
 from tests.runtime_helpers.equivalence import CPU, TIMEOUT_S, record_failure, write_and_finish
@@ -46,7 +47,9 @@ def reset_peak() -> None:
 
 
 def measure(recipe: Recipe, text: str) -> dict:
-    s = Strategy.parse(text)
+    s = with_stages(recipe, Strategy.parse(text), None)  # the cost model's layout, as autopar run writes it in
+    applied_modules(s)  # code is imported before the peak is reset (the techniques', and what torch loads lazily
+    build_model(recipe.model, "meta")  # on a first meta build, torch._dynamo: ~27 MiB): only the model counts
     ctx = RankContext.create(ParallelDims.from_strategy(s), CPU)
     precision = PrecisionPlan.of(recipe.training.precision, "cpu", torch.float32)
     gc.collect()

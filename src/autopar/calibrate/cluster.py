@@ -10,26 +10,22 @@ measurements. The peak is finally fitted to one measured training step.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from autopar.calibrate import fit, measure
+from autopar.cost.efficiency import DEFAULT as EFF
+from autopar.cost.model import CostModel
+from autopar.spec.cluster import parse_cluster
+from autopar.spec.recipe import parse_recipe
+from autopar.spec.strategy import Strategy
 
 GB = 1e9
 
 
-class Progress:
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        width = 30
-        filled = int(width * self.done / self.total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:<40}")
-        sys.stderr.flush()
-        if self.done == self.total:
-            sys.stderr.write("\n")
-
-
+Progress = Callable[[int, int, str], None]  # (done, total, label) after each measurement: the CLI draws a bar
 
 @dataclass(frozen=True)
 class Compute:
@@ -42,49 +38,46 @@ class Compute:
     probe_step_s: float  # the data-parallel probe's step, this process alone
 
 
-def measure_compute(cores: int, quick: bool, progress: Progress) -> Compute:
-    import torch
-
-    from autopar.calibrate import measure
-
+def measure_compute(cores: int, quick: bool, progress: Callable[[str], None]) -> Compute:
     fp32 = {}
     for n in (256, 1024) if quick else (256, 512, 1024, 2048):
         fp32[n] = measure.matmul_flops(n, torch.float32, 1, repeats=3 if quick else 5)
-        progress.step(f"matmul fp32 {n}^3, 1 thread")
+        progress(f"matmul fp32 {n}^3, 1 thread")
     bf16 = measure.matmul_flops(512, torch.bfloat16, 1, repeats=3)  # slow on CPUs without bf16 units
-    progress.step("matmul bf16 512^3")
+    progress("matmul bf16 512^3")
     threads = measure.thread_efficiency(cores)
-    progress.step(f"training step, 1 vs {cores} threads")
+    progress(f"training step, 1 vs {cores} threads")
     overhead = measure.op_overhead_s()
-    progress.step("operator dispatch")
+    progress("operator dispatch")
     size = 64 << 20 if quick else 256 << 20
     one, all_ = measure.copy_bandwidth(size, 1), measure.copy_bandwidth(size, cores)
-    progress.step("memory bandwidth, 1 and all threads")
+    progress("memory bandwidth, 1 and all threads")
     probe = measure.probe_step_alone_s()
-    progress.step("probe step alone")
+    progress("probe step alone")
     return Compute(fp32, bf16, threads, overhead, one, all_, probe)
 
 
-def measure_cluster(quick: bool = False) -> dict:
-    from autopar.calibrate import measure
-
+def measure_cluster(quick: bool = False, on_progress: Optional[Progress] = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     sizes = [4096, 262144, 2 << 20] if quick else [4096, 65536, 1 << 20, 8 << 20, 32 << 20]
     rank_counts = [2] if quick or cores < 2 else [2, 4]
-    progress = Progress((2 if quick else 4) + 5 + len(rank_counts))
+    total, done = (2 if quick else 4) + 5 + len(rank_counts), [0]
+
+    def progress(label: str) -> None:
+        done[0] += 1
+        if on_progress:
+            on_progress(done[0], total, label)
+
     compute = measure_compute(cores, quick, progress)
     links = {}
     for ranks in rank_counts:
         links[ranks] = measure.collectives(ranks, sizes, repeats=3 if quick else 7)
-        progress.step(f"collectives, {ranks} processes")
+        progress(f"collectives, {ranks} processes")
     data = cluster_dict(compute, links, cores)
     return _fit_reference_step(data, compute.probe_step_s)
 
 
 def cluster_dict(c: Compute, links: dict, cores: int) -> dict:
-    from autopar.calibrate import fit
-    from autopar.cost.efficiency import DEFAULT as EFF
-
     two = links[min(links)]
     ar = fit.fit_alpha_beta(two.sizes, two.all_reduce_s)
     ag = fit.fit_alpha_beta(two.sizes, two.all_gather_s)
@@ -119,21 +112,11 @@ def cluster_dict(c: Compute, links: dict, cores: int) -> dict:
     }
 
 
-# The data-parallel probe's model and batch (calibrate/measure.py), as a recipe.
-PROBE = {"model": {"family": "mlp", "input_dim": 256, "widths": [512] * 4, "classes": 10},
-         "data": {"samples": 1280}, "training": {"global_batch": 128, "optimizer": "sgd", "precision": "fp32"}}
-
-
 def _fit_reference_step(data: dict, measured_s: float) -> dict:
     """Scale the device's peak so the cost model reproduces a whole measured training step
     (the probe MLP, one process): small CPU GEMMs run below the large-matmul rate the
     peak comes from. The scale is written into the file's source line."""
-    from autopar.cost.estimate import CostModel
-    from autopar.spec.cluster import parse_cluster
-    from autopar.spec.recipe import parse_recipe
-    from autopar.spec.strategy import Strategy
-
-    recipe = parse_recipe({**PROBE, "cluster": None})
+    recipe = parse_recipe({**measure.PROBE, "cluster": None})
     predicted = CostModel.for_recipe(recipe, parse_cluster(data)).estimate(Strategy()).step_time_s
     scale = predicted / measured_s if measured_s > 0 else 1.0
     peaks = data["device"]["peak_tflops"]

@@ -8,6 +8,7 @@ send/recv at several sizes and rank counts, in real processes.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -18,6 +19,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+
+from autopar.models import build_model
+from autopar.profile.profiler import profile_model
+from autopar.spec.enums import Precision
+from autopar.spec.recipe import MLPSpec, parse_recipe
+from autopar.techniques.data import apply as data_apply
+from autopar.techniques.tensor import apply as tensor_apply
 
 
 def _median_time(fn: Callable[[], None], repeats: int, max_seconds: float = 5.0) -> float:
@@ -62,8 +74,6 @@ def copy_bandwidth(nbytes: int, threads: int, repeats: int = 5) -> float:
 
 def _mlp_step(width: int, depth: int, batch: int, threads: int, repeats: int = 5) -> float:
     """Seconds of one training step (forward, backward, SGD) of a Linear+ReLU stack."""
-    from torch import nn
-
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -82,20 +92,37 @@ def _mlp_step(width: int, depth: int, batch: int, threads: int, repeats: int = 5
         torch.set_num_threads(old)
 
 
-def probe_step_alone_s(repeats: int = 8) -> float:
-    """The data-parallel probe's MLP step (see _data_parallel_factors) in this process alone."""
-    from torch import nn
+# The probe: a recipe's model (built by autopar itself) that calibration times alone, under
+# DDP and under FSDP2, and whose single-process step the peak is fitted to (cluster.py).
+PROBE = {"model": {"family": "mlp", "input_dim": 256, "widths": [512] * 5, "classes": 10},
+         "data": {"samples": 1280}, "training": {"global_batch": 128, "optimizer": "sgd", "precision": "fp32"}}
 
-    torch.manual_seed(0)
-    model = nn.Sequential(*[m for i in range(5) for m in (nn.Linear(512 if i else 256, 512), nn.ReLU())], nn.Linear(512, 10))
+
+def probe_model() -> torch.nn.Module:
+    """The probe MLP (6 Linears, 1.2 M parameters), initialised from seed 0 on the CPU."""
+    return build_model(parse_recipe(PROBE).model, "cpu", torch.float32, seed=0).module
+
+
+def _probe_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(128, 256, generator=gen), torch.randint(0, 10, (128,), generator=gen)
+
+
+def _sgd_step(model: torch.nn.Module) -> Callable[[], None]:
+    x, y = _probe_batch()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x, y = torch.randn(128, 256), torch.randint(0, 10, (128,))
 
     def step():
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
+    return step
+
+
+def probe_step_alone_s(repeats: int = 8) -> float:
+    """The probe's training step in this process alone, one thread."""
+    step = _sgd_step(probe_model())
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -107,13 +134,9 @@ def probe_step_alone_s(repeats: int = 8) -> float:
 def op_overhead_s() -> float:
     """Host seconds per operator of a real training step (dispatch, autograd, module calls):
     a 16-layer stack of 8-wide Linears does next to no arithmetic."""
-    from autopar.profile.profiler import profile_model
-    from autopar.spec.enums import Precision
-    from autopar.spec.recipe import MLPSpec
-
     depth, width = 16, 8
     prof = profile_model(MLPSpec(family="mlp", input_dim=width, widths=[width] * (depth - 1), classes=width), Precision.FP32)
-    ops = sum(l.stats.forward_ops + l.stats.backward_ops for l in prof.layers)
+    ops = sum(layer.stats.forward_ops + layer.stats.backward_ops for layer in prof.layers)
     return _mlp_step(width, depth, 8, 1, repeats=30) / ops
 
 
@@ -150,24 +173,16 @@ def free_port() -> int:
 
 
 def _all_gather(full, shard):
-    import torch.distributed as dist
-
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     fn(full, shard)
 
 
 def _reduce_scatter(shard, full):
-    import torch.distributed as dist
-
     fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     fn(shard, full)
 
 
 def _worker(rank: int, ranks: int, port: int, sizes: list[int], repeats: int, out: str) -> None:
-    import json
-
-    import torch.distributed as dist
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -212,8 +227,6 @@ def _worker(rank: int, ranks: int, port: int, sizes: list[int], repeats: int, ou
 
 def synced_median_s(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
     """Median seconds of fn, every rank starting each repetition together (barrier)."""
-    import torch.distributed as dist
-
     times = []
     for _ in range(repeats + warmup):
         dist.barrier()
@@ -224,44 +237,19 @@ def synced_median_s(fn: Callable[[], None], repeats: int, warmup: int = 2) -> fl
 
 
 def _data_parallel_factors(repeats: int) -> dict:
-    """How much longer DDP and FSDP2 (ZeRO-3) make a step than their raw collectives
-    take: bucket copies, hooks, parameter copy-in/out. Measured on a 5-layer MLP
-    (1.2 M parameters): (step with sync - step without) / (raw collective time)."""
-    import torch.distributed as dist
-    from torch import nn
-    from torch.distributed.fsdp import fully_shard
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    def mlp():
-        torch.manual_seed(0)
-        return nn.Sequential(*[m for i in range(5) for m in (nn.Linear(512 if i else 256, 512), nn.ReLU())], nn.Linear(512, 10))
-
-    x, y = torch.randn(128, 256), torch.randint(0, 10, (128,))
-
-    def step_time(model) -> float:
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        return synced_median_s(step, max(8, repeats * 2))
-
-    plain = mlp()
-    numel = sum(p.numel() for p in plain.parameters())
-    t_plain = step_time(plain)
-    t_ddp = step_time(DDP(mlp()))
-    sharded = mlp()
-    for layer in sharded:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(sharded)
-    t_fsdp = step_time(sharded)
+    """How much longer DDP and FSDP2 (ZeRO-3) make a step than their raw collectives take:
+    bucket copies, hooks, parameter copy-in/out. The probe runs through the runtime's own
+    apply functions (techniques/data/apply.py): (step with sync - step without) / (raw
+    collective time)."""
     ranks = dist.get_world_size()
-    full, shard = torch.ones(numel // ranks * ranks), torch.ones(numel // ranks)
-
     n = max(8, repeats * 2)
+    plain = probe_model()
+    numel = sum(p.numel() for p in plain.parameters())
+    t_plain = synced_median_s(_sgd_step(plain), n)
+    t_ddp = synced_median_s(_sgd_step(data_apply.apply_ddp(probe_model(), None, torch.device("cpu"))), n)
+    sharded = data_apply.apply_fsdp(probe_model(), init_device_mesh("cpu", (ranks,)), zero=3, mp_policy=None)
+    t_fsdp = synced_median_s(_sgd_step(sharded), n)
+    full, shard = torch.ones(numel // ranks * ranks), torch.ones(numel // ranks)
     t_ar = synced_median_s(lambda: dist.all_reduce(full), n)
     t_fsdp_raw = 2 * synced_median_s(lambda: _all_gather(full, shard), n) + synced_median_s(lambda: _reduce_scatter(shard, full), n)
     return {"ddp_factor": max(1.0, (t_ddp - t_plain) / t_ar), "fsdp_factor": max(1.0, (t_fsdp - t_plain) / t_fsdp_raw),
@@ -270,20 +258,15 @@ def _data_parallel_factors(repeats: int) -> dict:
 
 def _tp_module_overhead(ranks: int, repeats: int) -> float:
     """Host seconds per tensor-parallel module per forward+backward: a tiny Megatron pair
-    under DTensor (ColwiseParallel, RowwiseParallel) against the same pair in plain PyTorch,
-    less its two all-reduces, halved."""
-    import torch.distributed as dist
-    from torch import nn
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
+    through the runtime's tensor-parallel apply (DTensor colwise + rowwise) against the same
+    pair in plain PyTorch, less its two all-reduces, halved."""
     def pair():
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(16, 16 * ranks), nn.ReLU(), nn.Linear(16 * ranks, 16))
 
     x = torch.randn(4, 16, requires_grad=True)
     plain, split = pair(), pair()
-    parallelize_module(split, init_device_mesh("cpu", (ranks,)), {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    tensor_apply.apply_tensor_parallel(split, init_device_mesh("cpu", (ranks,)), {"0": "colwise", "2": "rowwise"}, False)
     small = torch.ones(16)
 
     n = max(10, repeats * 3)
@@ -295,10 +278,6 @@ def _tp_module_overhead(ranks: int, repeats: int) -> float:
 
 def collectives(ranks: int, sizes: list[int], repeats: int = 5) -> CollectiveTimes:
     """Run the collectives in `ranks` real processes (torch.multiprocessing, spawn)."""
-    import json
-
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "times.json")
         mp.spawn(_worker, args=(ranks, free_port(), sizes, repeats, out), nprocs=ranks, join=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from autopar.cli.progress import bar
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="measure this machine (compute, memory, collectives) into a cluster file")
@@ -26,7 +28,7 @@ def run(args) -> int:
         raise InputError("--out", str(out), f"its folder {out.parent} does not exist")
     from autopar.calibrate.cluster import measure_cluster
 
-    data = measure_cluster(quick=args.quick)
+    data = measure_cluster(quick=args.quick, on_progress=bar)
     text = yaml.safe_dump(data, sort_keys=False)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(text)  # written whole, then renamed: never a half-written file

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autopar.cost.estimate import CostModel
+    from autopar.cost.model import CostModel
     from autopar.spec.strategy import Strategy
 
     recipe, cluster = load_inputs(args)

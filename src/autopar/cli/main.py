@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autopar", description="Find, explain and run the fastest way to parallelize a training recipe.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"autopar.cli.{name}_cmd")
-        except ModuleNotFoundError as err:
-            if err.name == f"autopar.cli.{name}_cmd":
-                continue  # not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"autopar.cli.{name}_cmd").register(subparsers)
     return parser
 
 

@@ -42,10 +42,10 @@ def run(args) -> int:
 
 
 def _why_not(s, result, recipe, cluster, objective) -> str:
-    from autopar.cost.estimate import CostModel
+    from autopar.cost.model import CostModel
     from autopar.plan.explain import why_not
 
-    model = CostModel.for_recipe(recipe, cluster)
+    model = CostModel.for_recipe(recipe, cluster, result.profile)  # the profile the search used: no second profiling
     return why_not(s, result.plans[0].estimate, model, cluster, objective)
 
 

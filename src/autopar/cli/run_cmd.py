@@ -13,10 +13,16 @@ or another (see runtime/checkpoint.py).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Optional
 
 from autopar.cli.common import add_recipe_args, load_inputs
 from autopar.errors import InputError
+from autopar.plan.result import PlanResult, recipe_fingerprint
+from autopar.spec.cluster import Cluster, local_cluster, parse_cluster
+from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
 
@@ -25,7 +31,8 @@ def register(subparsers) -> None:
     add_recipe_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--strategy", metavar="TEXT", help='e.g. "dp=2,tp=2" or "pp=2,schedule=gpipe,microbatch=4"')
-    which.add_argument("--plan", type=int, metavar="N", help="run the planner's N-th plan (1 = its best)")
+    which.add_argument("--plan", metavar="N|FILE[:N]", help="run the planner's N-th plan (1 = its best), or plan N (default 1) "
+                       "of a saved plan (autopar plan RECIPE --json > FILE) without searching again")
     p.add_argument("--steps", type=int, metavar="K", help="optimizer steps (default: the recipe's)")
     p.add_argument("--nproc", type=int, metavar="N", help="devices per node (default: the strategy's devices / nnodes)")
     p.add_argument("--nnodes", type=int, default=1, metavar="N", help="nodes (one torchrun per node)")
@@ -41,7 +48,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the runtime (torch.distributed) loads only when a run is asked for: `autopar plan` never imports it
     from autopar.runtime.launch import Rendezvous, WorkerArgs, launch, preflight, printable
+    from autopar.runtime.train import with_stages
 
     recipe, cluster = load_inputs(args)
     rdzv = Rendezvous(args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id)
@@ -53,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     nproc = args.nproc if args.nproc is not None else max(1, strategy.devices // rdzv.nnodes)
     preflight(recipe, strategy, nproc, rdzv.nnodes)
     check_checkpoint(args, recipe, strategy, steps)
+    strategy = with_stages(recipe, strategy, cluster or local_cluster(recipe, strategy, rdzv.nnodes))  # the predicted layout
     worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json,
                         checkpoint=args.checkpoint, save_every=args.save_every)
     if args.print_command:
@@ -76,20 +86,35 @@ def check_checkpoint(args: argparse.Namespace, recipe, strategy: Strategy, steps
         print(f"autopar: resuming from {where} (step {start} of {steps})" + (f"; warning: {note}" if note else ""), file=sys.stderr)
 
 
-def strategy_from_plan(recipe, cluster, n: int, nnodes: int) -> Strategy:
-    """The planner's n-th plan (1-based). The planner returns plans best first: a sequence, or
-    an object with `.plans`; each plan is a Strategy or has `.strategy`."""
-    try:
-        from autopar.plan.planner import plan
-    except ImportError as err:
-        raise InputError("--plan", n, f"the planner is not available ({err}); pass --strategy instead") from None
-    if cluster is None:
-        from autopar.spec.cluster import parse_cluster
+def strategy_from_plan(recipe: Recipe, cluster: Optional[Cluster], which: str, nnodes: int) -> Strategy:
+    """`--plan N`: the planner's N-th plan (1-based) for this recipe and cluster.
+    `--plan FILE[:N]`: plan N (default 1) of a saved plan, made for this recipe."""
+    from autopar.plan.planner import plan
 
-        cluster = parse_cluster({"preset": "cpu-local", "nodes": nnodes})
-    result = plan(recipe, cluster)
-    plans = list(getattr(result, "plans", result))
-    if not 1 <= n <= len(plans):
-        raise InputError("--plan", n, f"expected 1 .. {len(plans)} (the planner found {len(plans)} plans)")
-    chosen = plans[n - 1]
-    return chosen if isinstance(chosen, Strategy) else chosen.strategy
+    if which.isdigit():
+        result = plan(recipe, cluster or parse_cluster({"preset": "cpu-local", "nodes": nnodes}))
+        n = int(which)
+    else:
+        path, sep, index = which.rpartition(":")
+        if not sep or not index.isdigit():
+            path, index = which, ""
+        result = load_plan(path)
+        if result.recipe_key and result.recipe_key != recipe_fingerprint(recipe):
+            raise InputError("--plan", path, "was planned for another recipe (model, data or training differ); plan this recipe again")
+        n = int(index or 1)
+    if not 1 <= n <= len(result.plans):
+        raise InputError("--plan", which, f"expected a plan number 1 .. {len(result.plans)} (the planner found {len(result.plans)} plans)")
+    return result.plans[n - 1].strategy
+
+
+def load_plan(path: str) -> PlanResult:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise InputError("--plan", path, f"cannot read it ({err.strerror}); give a plan number or a saved plan file") from None
+    except ValueError as err:
+        raise InputError("--plan", path, f"not JSON ({err}); save a plan with autopar plan RECIPE --json > FILE") from None
+    try:
+        return PlanResult.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError("--plan", path, f"not a complete saved plan ({type(err).__name__}: {err})") from None

@@ -1,12 +1,9 @@
-"""Pure cost functions: time and memory of a strategy (no I/O, no hidden state).
+"""Shared cost primitives and the step formula (no I/O, no hidden state).
 
   efficiency.py   named efficiency constants (fitted ones labelled, with origin)
   compute.py      roofline time of a layer's operators on one device
   collectives.py  alpha-beta collectives on the node / network hierarchy
-  layers.py       per-layer forward/backward time under tensor parallelism
-  memory.py       model states (ZeRO), activations (Korthikanti et al.), buffers
-  pipeline.py     stage layout, bubble, micro-batches in flight
-  data_parallel.py gradient synchronisation, ZeRO / FSDP traffic, local SGD
-  convergence.py  statistical efficiency of asynchronous and subnetwork training
-  estimate.py     the step: combines everything into an Estimate
+  layers.py       per-layer costs of one micro-batch, tabulated with prefix sums
+  estimate.py     the records: Workload (what the recipe asks), Estimate (what a strategy costs)
+  model.py        the step: sums each technique's terms (techniques/<name>/cost.py) into an Estimate
 """

@@ -9,7 +9,7 @@ show (Megatron-LM SC'21 Table 2: iteration time flat from 768 to 1,536 GPUs).
 
 Volumes are the bandwidth-optimal ring figures (Patarasuk & Yuan 2009; Thakur et
 al. 2005): all-reduce moves 2(d-1)/d * n per rank, reduce-scatter and all-gather
-(d-1)/d * n, all-to-all (d-1)/d * n. Latency: ring steps inside a node, a tree
+(d-1)/d * n. Latency: ring steps inside a node, a tree
 (2 log2 nodes) across nodes.
 """
 
@@ -80,12 +80,6 @@ def reduce_scatter_s(nbytes: float, p: Placement, cluster: Cluster, eff: Efficie
 
 
 all_gather_s = reduce_scatter_s  # same volume and steps, data flowing the other way
-all_to_all_s = reduce_scatter_s
-
-
-def broadcast_s(nbytes: float, p: Placement, cluster: Cluster, eff: Efficiency) -> float:
-    """Pipelined broadcast (scatter + all-gather): ~2 (d-1)/d * n / B."""
-    return all_reduce_s(nbytes, p, cluster, eff)
 
 
 def p2p_s(nbytes: float, crosses_nodes: bool, nic_share: int, cluster: Cluster, eff: Efficiency) -> float:

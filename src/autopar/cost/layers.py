@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Callable, Sequence
+from typing import Sequence
 
 from autopar.cost.compute import DeviceRate, layer_compute
 from autopar.cost.efficiency import Efficiency
-from autopar.cost.memory import layer_activation_bytes, layer_working_bytes
 from autopar.profile.types import LayerStats
 from autopar.spec.enums import Recompute
-
-CommFn = Callable[[float], float]  # bytes -> seconds for one collective of the TP group
+from autopar.techniques.recompute import cost as recompute_cost
+from autopar.techniques.tensor import cost as tensor_cost
+from autopar.techniques.tensor.cost import CommFn
+from autopar.util import run_lengths
 
 
 @dataclass(frozen=True)
@@ -44,37 +45,24 @@ FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward
 
 def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompute, rate: DeviceRate,
                 eff: Efficiency, all_reduce: CommFn, split_params: bool = True, tp_module_overhead_s: float = 0.0) -> LayerCosts:
-    """Costs of `stats` at micro-batch b. all_reduce(bytes) prices one TP collective;
-    with sequence parallelism it stands for the reduce-scatter + all-gather pair (same bytes)."""
+    """Costs of `stats` at micro-batch b on one of tp tensor-parallel ranks. all_reduce(bytes)
+    prices one TP collective; with sequence parallelism it stands for the reduce-scatter +
+    all-gather pair (same bytes)."""
     c = layer_compute(stats, b, tp, sp, rate, eff)
-    tp_f = tp_b = 0.0
-    if tp > 1:
-        n_f, n_b = stats.tp_fwd_allreduces, stats.tp_bwd_allreduces
-        tp_f = n_f * all_reduce(stats.tp_fwd_allreduce_bytes * b / n_f) if n_f else 0.0
-        tp_b = n_b * all_reduce(stats.tp_bwd_allreduce_bytes * b / n_b) if n_b else 0.0
-        host = len(stats.tp_styles) * tp_module_overhead_s / 3  # forward ~1/3, backward ~2/3 of the dispatch work
-        tp_f, tp_b = tp_f + host, tp_b + 2 * host
-    if recompute is Recompute.FULL:
-        recompute_s = c.forward_s + tp_f  # the whole forward again, its all-reduces included
-    elif recompute is Recompute.SELECTIVE and stats.has_core:
-        recompute_s = c.core_forward_s
-    else:
-        recompute_s = 0.0
-    params = stats.tp_params / tp + (stats.params - stats.tp_params) if split_params else stats.params
+    tp_f, tp_b = tensor_cost.tp_comm_s(stats, b, tp, all_reduce, tp_module_overhead_s)
     # Boundary tensors leave a stage split over the tp ranks: sharded already (sequence
     # parallel, column-split outputs) or by Megatron's scatter/gather optimisation
     # (Narayanan et al. 2021, Sec. 4.1: each rank sends 1/t, the next stage all-gathers).
-    out_split = tp
     return LayerCosts(
         forward_s=c.forward_s,
         backward_s=c.backward_s,
-        recompute_s=recompute_s,
+        recompute_s=recompute_cost.recompute_s(recompute, stats, c.forward_s, tp_f, c.core_forward_s),
         tp_forward_s=tp_f,
         tp_backward_s=tp_b,
-        params=params,
-        activation_bytes=layer_activation_bytes(stats, b, tp, sp, recompute),
-        working_bytes=layer_working_bytes(stats, b, tp, sp) if recompute is Recompute.FULL else 0.0,
-        output_bytes=stats.output_bytes * b / out_split,
+        params=tensor_cost.params_per_rank(stats, tp) if split_params else stats.params,
+        activation_bytes=recompute_cost.layer_activation_bytes(stats, b, tp, sp, recompute),
+        working_bytes=recompute_cost.layer_working_bytes(stats, b, tp, sp, recompute),
+        output_bytes=stats.output_bytes * b / tp,
     )
 
 
@@ -87,13 +75,7 @@ class LayerTable:
         self.time = _prefix(self.times)
         self.prefix = {f: _prefix([getattr(c, f) for c in costs]) for f in FIELDS}
         self.max_params = max((c.params for c in costs), default=0.0)
-        # runs of identical layers (as (cost, count)), for fast stage layouts
-        runs: list[list] = []
-        for c in self.costs:
-            if runs and runs[-1][0] is c:
-                runs[-1][1] += 1
-            else:
-                runs.append([c, 1])
+        runs = run_lengths(self.costs, lambda a, b: a is b)  # identical layers share one LayerCosts
         self.runs = tuple((c.time_s, n) for c, n in runs)
         self._working_runs, start = [], 0  # (first layer, end layer, working bytes) per run
         for c, n in runs:

@@ -42,6 +42,6 @@ def build_transformers(spec: TransformersSpec):
         model = transformers.AutoModelForCausalLM.from_config(config)
     except Exception as err:  # noqa: BLE001 - report the library's complaint in one line
         raise InputError("model.transformers", spec.config_kwargs, f"{spec.config_name} rejected it ({type(err).__name__}: {err})") from None
-    vocab = int(getattr(config, "vocab_size"))
+    vocab = int(config.vocab_size)
     tokens = TensorSpec((spec.seq_len,), torch.int64, high=vocab)
     return ModelDef(CausalLMLogits(model), (tokens,), tokens, token_cross_entropy, spec.config_name)

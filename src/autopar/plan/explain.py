@@ -3,15 +3,17 @@ and what would make a recipe that fits nowhere fit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from autopar.cost.estimate import Estimate
 from autopar.errors import InputError
 from autopar.plan.families import FAMILIES, family_of
+from autopar.plan.result import Rejected
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Sync
 from autopar.spec.strategy import Strategy
-from autopar.validity import facts_from_profile, plan_problem
+from autopar.techniques import plan_problem
 
 GB = 1e9
 _PART_NAMES = {
@@ -68,8 +70,6 @@ def winner(e: Estimate, model, cluster: Cluster, index: int, best: Estimate) -> 
 
 def _single_replica_memory(model) -> float:
     """Least memory of one whole replica on one device: micro-batch 1, full recompute."""
-    from dataclasses import replace
-
     gb = model.work.global_batch
     small = Strategy(microbatch=1 if gb > 1 else None, recompute=Recompute.FULL)
     return model.estimate(small, check=False).memory_per_device_bytes
@@ -106,9 +106,7 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
 
 def why_not(s: Strategy, best: Estimate, model, cluster: Cluster, objective) -> str:
     """Why a strategy the user names is not plan 1: invalid, out of memory, or slower (and by what)."""
-    from autopar.cost.validity import strategy_problem
-
-    problem = strategy_problem(s, model.profile, model.work.global_batch, cluster, model.work.precision, model.facts)
+    problem = plan_problem(s, model.facts, model.work.global_batch, model.work.precision, cluster)
     if problem is not None:
         return f"cannot run: {problem}"
     e = model.estimate(s, check=False)
@@ -160,12 +158,8 @@ _SHARDED = {"sharded data parallel (ZeRO-1/2)": 2, "fully sharded data parallel 
 
 def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Cluster, objective,
              family_bound: Optional[dict[str, float]] = None, family_smallest: Optional[dict[str, Estimate]] = None) -> tuple:
-    from dataclasses import replace
-
-    from autopar.plan.planner import Rejected
-
     out = []
-    facts = facts_from_profile(model.profile)
+    facts = model.facts
     won = family_of(w.strategy)
     ddp = family_best.get("data parallel (DDP)")
     for fam in FAMILIES:

@@ -21,84 +21,27 @@ optimizer step, so a higher stage can be faster.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from autopar.cost.estimate import CostModel, Estimate
-from autopar.errors import InputError
+from autopar.cost.estimate import Estimate
+from autopar.cost.model import CostModel
 from autopar.plan import explain
 from autopar.plan.families import family_of
-from autopar.plan.space import (SearchContext, microbatches, recomputes, schedules, sequence_parallel, structures,
-                                sync_periods, zero_stages)
+from autopar.plan.result import Objective, Plan, PlanResult, rank_key, recipe_fingerprint, score
+from autopar.plan.space import SearchContext, structures
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Recompute
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
-from autopar.validity import plan_problem
-
-
-class Objective(str, Enum):
-    TIME = "time"  # time to train: steps x statistical-efficiency factor x step time
-    THROUGHPUT = "throughput"  # samples per second, ignoring statistical efficiency
-    DEVICES = "devices"  # device-seconds to train (cost)
-
-
-@dataclass(frozen=True)
-class Plan:
-    rank: int
-    estimate: Estimate
-    family: str
-    explanation: str
-
-    @property
-    def strategy(self) -> Strategy:
-        return self.estimate.strategy
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.estimate.to_dict()
-        return {"rank": self.rank, "strategy": d["strategy"], "devices_used": d["devices_used"], "family": self.family,
-                "predicted": d["predicted"], "explanation": self.explanation}
-
-
-@dataclass(frozen=True)
-class Rejected:
-    family: str
-    strategy: Optional[Strategy]
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "strategy": self.strategy.to_dict() if self.strategy else None, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    plans: tuple[Plan, ...]
-    rejected: tuple[Rejected, ...]
-    candidates: int
-    seconds: float
-    pruned: dict[str, int]
-    cluster: Cluster
-    profile_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"plans": [p.to_dict() for p in self.plans], "rejected": [r.to_dict() for r in self.rejected],
-                "search": {"candidates": self.candidates, "seconds": self.seconds, "profile_seconds": self.profile_seconds,
-                           "pruned": self.pruned}}
-
-
-def score(e: Estimate, objective: Objective) -> float:
-    if objective is Objective.THROUGHPUT:
-        return e.step_time_s
-    if objective is Objective.DEVICES:
-        return e.time_to_train_s * e.devices_used
-    return e.time_to_train_s
-
-
-def rank_key(e: Estimate, objective: Objective) -> tuple:
-    """Fitting plans first; then the objective; ties to less memory, then fewer devices."""
-    return (not e.fits, round(score(e, objective), 9), e.memory_per_device_bytes, e.devices_used)
+from autopar.techniques import plan_problem
+from autopar.techniques.data.space import zero_stages
+from autopar.techniques.local_sgd.space import sync_periods
+from autopar.techniques.microbatch.space import microbatches
+from autopar.techniques.pipeline.space import schedules
+from autopar.techniques.recompute.space import recomputes
+from autopar.techniques.tensor.space import sequence_parallel
 
 
 @dataclass
@@ -248,13 +191,12 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
                   for i, e in enumerate(chosen))
     rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound,
                                 search.family_smallest)
-    return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s)
+    return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s, model.profile,
+                      recipe_fingerprint(recipe))
 
 
 def _with_layout(e: Estimate) -> Estimate:
     """Write the stage layout the cost model balanced into the plan, so it runs as predicted."""
-    from dataclasses import replace
-
     if e.stages is None or e.strategy.stages is not None:
         return e
     return replace(e, strategy=replace(e.strategy, stages=e.stages))

@@ -15,21 +15,30 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
-from autopar.models import ModelDef, build_model
+from autopar.models import ModelDef, build_model, synthetic_batch
+from autopar.profile.facts import model_facts
 from autopar.profile.tp_pairs import find_linear_pairs
-from autopar.profile.trace import LayerTracer, is_marked, set_mark, storage_key, tensors_in
-from autopar.profile.types import LayerProfile, LayerStats, ModelProfile
+from autopar.profile.trace import LayerTracer, is_marked, set_mark, tensors_in
+from autopar.profile.types import LayerProfile, LayerStats, ModelProfile, is_mlp_layer
 from autopar.spec.enums import Precision, TPStyle
-from autopar.spec.recipe import ModelSpec, Recipe
-from autopar.validity import facts_from_model
+from autopar.spec.recipe import GPTSpec, LlamaSpec, ModelSpec, Recipe
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 PROFILE_BATCH = 2  # > 1 so batch-statistics layers work; results are divided by it
 
 
+_PROFILES: dict[tuple[str, Precision], ModelProfile] = {}  # profiles are frozen: one per (model spec, precision)
+
+
 def profile_recipe(recipe: Recipe) -> ModelProfile:
-    return profile_model(recipe.model, recipe.training.precision)
+    """The recipe's model profiled in its precision; profiled once per process (the preflight,
+    the prediction and a pipeline's layout read the same profile)."""
+    key = (recipe.model.model_dump_json(), recipe.training.precision)
+    if key not in _PROFILES:
+        _PROFILES[key] = profile_model(recipe.model, recipe.training.precision)
+    return _PROFILES[key]
 
 
 def profile_model(spec: ModelSpec, precision: Precision = Precision.BF16, batch: int = PROFILE_BATCH) -> ModelProfile:
@@ -78,8 +87,6 @@ def placeable_layers(root: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _capture(mdef: ModelDef, layers: list[tuple[str, nn.Module]], batch: int, dtype: torch.dtype):
     """Run the model once on meta; return per-layer (args, kwargs, output) in execution order."""
-    from autopar.models import synthetic_batch
-
     calls: dict[str, tuple] = {}
     order: list[str] = []
     handles = []
@@ -123,8 +130,6 @@ class _ShapeCache:
         forward = mod.forward
 
         def cached_forward(*args, **kwargs):
-            from torch.utils._pytree import tree_map
-
             key = (_structure(mod), tuple((tuple(t.shape), t.dtype) for t in tensors_in((args, kwargs))), tuple(sorted(kwargs)))
             if key not in self.outputs:
                 self.outputs[key] = forward(*args, **kwargs)
@@ -166,8 +171,6 @@ def _prepare(args, kwargs, marked: bool):
                 set_mark(y, True)
             return y
         return x
-
-    from torch.utils._pytree import tree_map
 
     return tree_map(conv, args), tree_map(conv, kwargs)
 
@@ -271,15 +274,16 @@ def _candidates(layer: nn.Module, cores: set[int]) -> tuple[tuple[str, str], ...
 def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATCH, spec: Optional[ModelSpec] = None) -> ModelProfile:
     """`spec` gives the facts only a recipe knows (the sequence length); without it they are unknown."""
     root = mdef.module
-    facts = facts_from_model(mdef, spec)  # before the capture pass wraps the layers' forwards
     layers = placeable_layers(root)
     calls, order, output, target = _capture(mdef, layers, batch, dtype)
     by_name = dict(layers)
+    module_names = {id(m): n for n, m in root.named_modules()}
     last = order[-1] if order else None
     loss_on_last = last is not None and calls[last][2] is output
     seen: dict[tuple, tuple[int, LayerStats, bool]] = {}
     profiles: list[LayerProfile] = []
     seen_params: set[int] = set()
+    detected: dict[str, str] = {}  # full module name -> TPStyle value: the Linear pairs found
     marked = False
     notes: list[str] = []
     for name in order + [n for n, _ in layers if n not in calls]:
@@ -291,6 +295,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         else:
             args, kwargs, _ = calls[name]
             styles = _styles_for(mdef, name, layer, args, kwargs)
+            detected.update({module_names[id(m)]: style.value for m, style in styles.items()})
             with_loss = name == last and loss_on_last
             key = _signature(layer, args, kwargs, styles, marked, with_loss)
             if key not in seen:
@@ -303,6 +308,11 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         marked = marked_out
     if not loss_on_last:
         notes.append("the model's output is not its last layer's output: the loss is not costed")
+    stack = _stack(root, [p.name for p in profiles])
+    plan = dict(mdef.tp_plan) if mdef.tp_plan is not None else detected
+    facts = model_facts(root, mdef.name, plan, spec.seq_len if isinstance(spec, (GPTSpec, LlamaSpec)) else None,
+                        _head_units(spec), mdef.feature_layer, stack[1] if stack else 0,
+                        any(is_mlp_layer(p.stats) for p in profiles))
     return ModelProfile(
         model=mdef.name,
         layers=tuple(profiles),
@@ -313,9 +323,18 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         feature_dim=_feature_dim(root, mdef.feature_layer),
         profiled_batch=batch,
         notes=tuple(notes),
-        stack=_stack(root, [p.name for p in profiles]),
+        stack=stack,
         facts=facts,
     )
+
+
+def _head_units(spec: Optional[ModelSpec]) -> tuple[tuple[str, int], ...]:
+    """Attention heads a tensor-parallel degree must divide (views reshape by them)."""
+    if isinstance(spec, LlamaSpec):
+        return (("heads", spec.heads), ("kv_heads", spec.n_kv_heads))
+    if isinstance(spec, GPTSpec):
+        return (("heads", spec.heads),)
+    return ()
 
 
 def _stack(root: nn.Module, names: list[str]) -> Optional[tuple[int, int]]:
@@ -353,25 +372,3 @@ def _feature_dim(root: nn.Module, path: Optional[str]) -> Optional[int]:
         return None
     m = root.get_submodule(path)
     return getattr(m, "in_features", None)
-
-
-def tp_plan_of(mdef: ModelDef, batch: int = PROFILE_BATCH) -> dict[str, str]:
-    """The tensor-parallel plan of any model: its declared `tp_plan`, else the Megatron
-    Linear pairs found in each placeable layer (profile.tp_pairs), as full module names.
-    Works on a model built on meta (the names are the same on any device)."""
-    if mdef.tp_plan is not None:
-        return dict(mdef.tp_plan)
-    dtype = next((p.dtype for p in mdef.module.parameters() if p.is_floating_point()), torch.float32)
-    meta = mdef if next(mdef.module.parameters()).is_meta else None
-    if meta is None:
-        raise ValueError("tp_plan_of needs the model built on the meta device")
-    layers = placeable_layers(meta.module)
-    calls, order, _, _ = _capture(meta, layers, batch, dtype)
-    by_name = dict(layers)
-    names = {id(m): n for n, m in meta.module.named_modules()}
-    plan: dict[str, str] = {}
-    for name in order:
-        args, kwargs, _ = calls[name]
-        for sub, style in find_linear_pairs(by_name[name], args, kwargs).items():
-            plan[names[id(sub)]] = style.value
-    return plan

@@ -212,7 +212,7 @@ class LayerTracer(TorchDispatchMode):
             a, b = args[-2], args[-1]
             return Gemm(a.shape[1], b.shape[2], a.shape[2], a.shape[0] / B, False, split)
         if packet in _CONV:
-            x, w = args[0], args[1]
+            w = args[1]
             o = out
             rows = o.shape[0] * (o[0, 0].numel() if o.dim() > 2 else 1) / B
             return Gemm(rows, w.shape[0], w[0].numel(), 1.0, True, split)

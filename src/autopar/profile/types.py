@@ -6,11 +6,10 @@ All byte and FLOP figures are per input sample, measured in the profiling dtype
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
 
-if TYPE_CHECKING:
-    from autopar.validity import ModelFacts
+from autopar.profile.facts import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -99,9 +98,8 @@ class ModelProfile:
     # stage, layers after them with the last (as Megatron-LM and torchtitan place the
     # embedding and the head). None: the model has no such list and cannot be pipelined.
     stack: Optional[tuple[int, int]] = None
-    # What autopar.validity's rules read of the model, found on the build profiled here
-    # (validity.facts_from_model); read it through validity.facts_from_profile.
-    facts: Optional["ModelFacts"] = None
+    # What the techniques' rules read of the model, found on the build profiled here.
+    facts: Optional[ModelFacts] = None
 
     @property
     def pipeline_blocks(self) -> int:
@@ -140,12 +138,46 @@ class ModelProfile:
             "per": "sample",
             "dtype_bytes": self.dtype_bytes,
             "layers": [
-                {"name": l.name, "group": l.group, "shared_params": l.shared_params, **_stats_dict(l.stats)}
-                for l in self.layers
+                {"name": layer.name, "group": layer.group, "shared_params": layer.shared_params, **_stats_dict(layer.stats)}
+                for layer in self.layers
             ],
             "totals": self.totals(),
             "tp_units": list(self.tp_units),
+            "params": self.params,
+            "sample_bytes": self.sample_bytes,
+            "feature_dim": self.feature_dim,
+            "profiled_batch": self.profiled_batch,
+            "notes": list(self.notes),
+            "stack": list(self.stack) if self.stack else None,
+            "facts": self.facts.to_dict() if self.facts else None,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelProfile":
+        """The inverse of to_dict (per sample): identical layers share one LayerStats again."""
+        if d.get("per", "sample") != "sample":
+            raise ValueError(f"a profile per {d['per']} cannot be reloaded; save it per sample")
+        by_group: dict[int, LayerStats] = {}
+        layers = []
+        for raw in d["layers"]:
+            stats = by_group.get(raw["group"]) or by_group.setdefault(raw["group"], _stats_from_dict(raw))
+            layers.append(LayerProfile(raw["name"], raw["group"], stats, raw.get("shared_params", 0)))
+        return cls(model=d["model"], layers=tuple(layers), dtype_bytes=d["dtype_bytes"], params=d["params"],
+                   sample_bytes=d["sample_bytes"], tp_units=tuple(d.get("tp_units", ())), feature_dim=d.get("feature_dim"),
+                   profiled_batch=d.get("profiled_batch", 1), notes=tuple(d.get("notes", ())),
+                   stack=tuple(d["stack"]) if d.get("stack") else None,
+                   facts=ModelFacts.from_dict(d["facts"]) if d.get("facts") else None)
+
+
+_STATS_FIELDS = tuple(LayerStats.__dataclass_fields__)
+
+
+def _stats_from_dict(raw: dict[str, Any]) -> LayerStats:
+    values = {k: raw[k] for k in _STATS_FIELDS}
+    values["gemms"] = tuple(Gemm(**g) for g in raw["gemms"])
+    values["tp_styles"] = tuple(tuple(x) for x in raw["tp_styles"])
+    values["tp_candidates"] = tuple(tuple(x) for x in raw["tp_candidates"])
+    return LayerStats(**values)
 
 
 def _stats_dict(stats: LayerStats) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from autopar.errors import InputError
 from autopar.models import build_model
-from autopar.runtime.tensor_parallel import tied_parameters
+from autopar.models.init import tied_parameters
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 

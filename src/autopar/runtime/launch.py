@@ -21,10 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+
+from autopar import techniques
 from autopar.errors import InputError
+from autopar.profile.facts import ModelFacts
+from autopar.profile.profiler import profile_recipe
+from autopar.runtime.data import load_loader
 from autopar.spec.strategy import Strategy
 
-WORKER_MODULE = "autopar.runtime.worker"
+WORKER_MODULE = "autopar.cli.worker"
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,6 @@ def printable(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> str:
 
 def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
     """Run torchrun in the foreground; returns 0, or the exit code of the first failed worker."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
     os.environ.update(threads_env(strategy))
     try:
         run(parse_args(torchrun_args(strategy, rdzv, worker)))
@@ -108,13 +112,10 @@ def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
     return 0
 
 
-def preflight(recipe, strategy: Strategy, nproc: int, nnodes: int) -> None:
-    """Every check that needs no process: strategy vs model (built on meta), devices, loader import."""
-    from autopar import validity
-    from autopar.models import build_model
-    from autopar.runtime.data import load_loader
-
-    facts = validity.facts_from_model(build_model(recipe.model, "meta"), recipe.model)
-    launch_facts = validity.Launch(nproc=nproc, nnodes=nnodes)
-    validity.validate(strategy, facts, recipe.training.global_batch, recipe.training.precision, launch_facts)
+def preflight(recipe, strategy: Strategy, nproc: int, nnodes: int, facts: Optional[ModelFacts] = None) -> None:
+    """Every check that needs no process: strategy vs the model's facts (its meta-device
+    profile), devices, the data loader's import."""
+    facts = facts or profile_recipe(recipe).facts
+    launch_facts = techniques.Launch(nproc=nproc, nnodes=nnodes)
+    techniques.validate(strategy, facts, recipe.training.global_batch, recipe.training.precision, launch_facts)
     load_loader(recipe)

@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from autopar.models.init import ParamInit, fill_, init_buffers_, retie_, tied_parameters
-from autopar.runtime.checkpointing import clean_name
+from autopar.runtime.names import clean_name
 
 Offsets = dict[str, tuple[int, ...]]  # parameter name -> where its plain local tensor starts in the full tensor
 

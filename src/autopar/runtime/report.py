@@ -1,15 +1,13 @@
-"""What a run measured, beside what the cost model predicted for the same strategy.
+"""What a run measured: records, no text (autopar.cli.report formats them).
 
 Per step: the global mean loss, the step time (the slowest rank's), the peak memory
 (the largest rank's: resident set size on CPU, torch.cuda.max_memory_allocated on
-GPU) and the throughput (global batch / step time). The prediction comes from
-`autopar.cost.estimate.estimate(recipe, cluster, strategy)` when that module exists.
+GPU) and the throughput (global batch / step time).
 """
 
 from __future__ import annotations
 
 import resource
-import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -110,36 +108,3 @@ def tokens_per_sample(recipe: Recipe) -> int:
     if isinstance(model, (GPTSpec, LlamaSpec, TransformersSpec)):
         return model.seq_len
     return 1
-
-
-# ------------------------------------------------------------------ prediction and output
-
-
-def predict(recipe: Recipe, cluster, strategy: Strategy) -> Optional[Any]:
-    """The cost model's estimate, or None while autopar.cost.estimate does not exist."""
-    try:
-        from autopar.cost.estimate import estimate
-    except ImportError:
-        return None
-    return estimate(recipe, cluster, strategy)
-
-
-def report_dict(result: RunResult, strategy: Strategy, prediction: Optional[Any], nproc: int) -> dict[str, Any]:
-    return {"strategy": strategy.to_dict(), "nproc": nproc, **result.to_dict(), "predicted": prediction.to_dict() if prediction is not None else None}
-
-
-def format_report(result: RunResult, strategy: Strategy, prediction: Optional[Any]) -> str:
-    lines = [f"strategy {strategy.to_text()}: " + ", ".join(result.applied or ["single process"])]
-    lines.append(f"{'step':>5} {'loss':>12} {'time s':>9} {'samples/s':>10} {'peak MiB':>9}")
-    for i, (loss, t, mem) in enumerate(zip(result.losses, result.step_times_s, result.step_peak_memory_bytes)):
-        lines.append(f"{result.first_step + i + 1:>5} {loss:>12.6f} {t:>9.4f} {result.global_batch / t:>10.1f} {mem / 2**20:>9.1f}")
-    measured = statistics.median(result.step_times_s) if result.step_times_s else float("nan")
-    lines.append(f"measured: median step {measured:.4f} s, peak memory {result.peak_memory_bytes / 2**20:.1f} MiB per process")
-    if prediction is None:
-        lines.append("predicted: (no cost model yet: autopar.cost.estimate is not installed)")
-    else:
-        lines.append(
-            f"predicted: step {prediction.step_time_s:.4f} s ({prediction.step_time_s / measured:.2f}x measured), "
-            f"memory {prediction.memory_per_device_bytes / 2**20:.1f} MiB per device"
-        )
-    return "\n".join(lines)

@@ -6,7 +6,7 @@ GB/s, TFLOP/s and microseconds, as named in its keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Any, Optional, Union
@@ -76,12 +76,6 @@ class Cluster:
     @property
     def devices(self) -> int:
         return self.nodes * self.devices_per_node
-
-    def with_devices(self, devices: int) -> "Cluster":
-        """The same hardware holding `devices` devices (whole nodes, or part of one)."""
-        if devices <= self.devices_per_node:
-            return replace(self, nodes=1, devices_per_node=devices)
-        return replace(self, nodes=-(-devices // self.devices_per_node))
 
 
 # ------------------------------------------------------------------ YAML form
@@ -254,3 +248,11 @@ def _link_dict(link: Link) -> dict[str, Any]:
         if getattr(link, key) != 1.0:
             out[key] = round(getattr(link, key), 3)
     return out
+
+
+def local_cluster(recipe: Any, strategy: Any, nnodes: int = 1) -> Cluster:
+    """What a run is predicted for when no cluster file is given: the recipe's cluster, else
+    the cpu-local preset shaped like the run (its nodes, the strategy's devices per node)."""
+    if recipe.cluster is not None:
+        return parse_cluster(recipe.cluster)
+    return parse_cluster({"preset": "cpu-local", "nodes": nnodes, "devices_per_node": max(1, strategy.devices // nnodes)})

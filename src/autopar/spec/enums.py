@@ -23,10 +23,6 @@ class Precision(str, Enum):
     FP16 = "fp16"  # mixed, as above, with loss scaling
 
     @property
-    def compute_bytes(self) -> int:
-        return 4 if self is Precision.FP32 else 2
-
-    @property
     def is_mixed(self) -> bool:
         return self is not Precision.FP32
 
@@ -51,14 +47,6 @@ class DataPartition(str, Enum):
 class Sync(str, Enum):
     SYNC = "sync"  # all-reduce every step
     ASYNC = "async"  # local SGD: all-reduce parameters every `sync_every` steps
-
-
-class ModelFamily(str, Enum):
-    GPT = "gpt"
-    LLAMA = "llama"
-    MLP = "mlp"
-    CNN = "cnn"
-    WIDE_LINEAR = "wide_linear"
 
 
 class TPStyle(str, Enum):

@@ -12,11 +12,12 @@ share memory.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 from autopar.errors import InputError
 from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
+from autopar.util import run_lengths
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,14 @@ class Strategy:
         return self.dp * self.tp * self.pp * self.threads
 
     def local_batch(self, global_batch: int) -> int:
-        """Samples per data-parallel replica per step."""
-        return global_batch // self.dp
+        """Samples per data-parallel replica per step (every sample under a feature partition)."""
+        return global_batch if self.data_partition is DataPartition.FEATURES else global_batch // self.dp
 
     def microbatch_size(self, global_batch: int) -> int:
         return self.microbatch or self.local_batch(global_batch)
 
     def num_microbatches(self, global_batch: int) -> int:
+        """Micro-batches per step on one rank (gradient accumulation, or the pipeline's)."""
         return self.local_batch(global_batch) // self.microbatch_size(global_batch)
 
     @property
@@ -99,9 +101,6 @@ class Strategy:
             raw[key] = value.strip()
         return cls.from_dict(raw, field_path)
 
-    def with_(self, **changes: Any) -> "Strategy":
-        return replace(self, **changes)
-
 
 _ENUMS = {
     "schedule": Schedule,
@@ -126,13 +125,7 @@ def _format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):  # stages: runs of equal counts as "layers x stages", e.g. 1/2x32/1x31
-        runs: list[list[int]] = []
-        for v in value:
-            if runs and runs[-1][0] == v:
-                runs[-1][1] += 1
-            else:
-                runs.append([v, 1])
-        return "/".join(f"{v}x{n}" if n > 2 else "/".join([str(v)] * n) for v, n in runs)
+        return "/".join(f"{v}x{n}" if n > 2 else "/".join([str(v)] * n) for v, n in run_lengths(value))
     return str(value)
 
 

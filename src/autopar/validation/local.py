@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from autopar.cost.estimate import CostModel
+from autopar.cost.model import CostModel
 from autopar.spec.cluster import Cluster
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
+from autopar.techniques import plan_problem
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,12 @@ def measured_step_s(report: dict, warmup: int = 1) -> float:
 def validate(recipe: Recipe, recipe_path: str, cluster: Cluster, strategies: Sequence[tuple[Strategy, str]], steps: int,
              cluster_path: Optional[str] = None, progress=None) -> list[Row]:
     """Run each strategy the rules accept (others are skipped) and pair it with its estimate."""
-    from autopar.cost.validity import strategy_problem
-
     model = CostModel.for_recipe(recipe, cluster)
     rows = []
     for s, source in strategies:
-        if strategy_problem(s, model.profile, recipe.training.global_batch, cluster, facts=model.facts):
+        if plan_problem(s, model.facts, recipe.training.global_batch, None, cluster):
             continue
+        s = model.with_stages(s)  # run the layout that is predicted
         est = model.estimate(s)
         try:
             rep = measure(recipe_path, s, steps, cluster_path)

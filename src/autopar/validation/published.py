@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from autopar.cost.estimate import CostModel, Estimate
+from autopar.cost.estimate import Estimate
+from autopar.cost.model import CostModel
 from autopar.profile.profiler import profile_model
 from autopar.spec.cluster import parse_cluster
-from autopar.spec.enums import Precision, Recompute, Schedule
+from autopar.spec.enums import Optimizer, Precision, Recompute, Schedule
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
+from autopar.techniques import plan_problem
+from autopar.techniques.data.cost import bytes_per_param, model_state_bytes
 
 ITERATION_CATEGORIES = ("llm_3d_parallel_weak_scaling", "zero3_vs_ptdp", "llm_activation_recompute")
 # A copy of shared/validation/published_runs.json ships with the package so tests and
@@ -32,8 +35,8 @@ def load_runs(path: Optional[Path] = None) -> list[dict[str, Any]]:
 
 def eq3_flops(batch: int, m: dict[str, Any]) -> float:
     """Megatron-LM SC'21 Eq. 3: 96 B s l h^2 (1 + s/(6h) + V/(16 l h)), recompute included."""
-    B, s, l, h, V = batch, m["seq_len"], m["layers"], m["hidden"], m["vocab"]
-    return 96 * B * s * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
+    B, s, L, h, V = batch, m["seq_len"], m["layers"], m["hidden"], m["vocab"]
+    return 96 * B * s * L * h**2 * (1 + s / (6 * h) + V / (16 * L * h))
 
 
 def measured_iteration_s(run: dict[str, Any]) -> Optional[float]:
@@ -124,9 +127,7 @@ def check_run(run: dict[str, Any], eff=None) -> Optional[RunCheck]:
     model = CostModel.for_recipe(recipe, cluster, profile, **kwargs)
     best = None
     for s, chosen in candidate_strategies(run, profile.pipeline_blocks):
-        from autopar.cost.validity import strategy_problem
-
-        if strategy_problem(s, profile, recipe.training.global_batch, cluster, facts=model.facts):
+        if plan_problem(s, model.facts, recipe.training.global_batch, None, cluster):
             continue
         e = model.estimate(s, check=False)
         key = (not e.fits, e.step_time_s)
@@ -149,9 +150,7 @@ def _profile(recipe):
 
 def zero_memory_rows(runs: list[dict[str, Any]]) -> list[tuple[str, str, int, float, float]]:
     """(run id, stage, N_d, paper GB, autopar GB) for ZeRO's Table 1 (mixed-precision Adam, K = 12)."""
-    from autopar.cost.memory import model_state_bytes
-    from autopar.spec.enums import Optimizer
-
+    per_param = bytes_per_param(Optimizer.ADAM, Precision.BF16)
     stages = {"P_os": 1, "P_os+g": 2, "P_os+g+p": 3}
     rows = []
     for run in runs:
@@ -160,7 +159,7 @@ def zero_memory_rows(runs: list[dict[str, Any]]) -> list[tuple[str, str, int, fl
         psi = run["model"]["params_b"] * 1e9
         for name, stage in stages.items():
             for nd, paper in zip(run["config"]["dp_degrees"], run["measured"]["model_state_GB_per_device"][name]):
-                ours = model_state_bytes(psi, Optimizer.ADAM, Precision.BF16, stage, nd).total / 1e9
+                ours = model_state_bytes(psi, per_param, stage, nd).total / 1e9
                 rows.append((run["id"], name, nd, paper, ours))
     return rows
 
@@ -181,7 +180,7 @@ def per_layer_rows(runs: list[dict[str, Any]], eff=None) -> list[tuple[str, str,
     for run in runs:
         if run["category"] != "per_layer_timing":
             continue
-        m, cfg = run["model"], run["config"]
+        cfg = run["config"]
         fake = {**run, "config": {**cfg, "global_batch": cfg["microbatch"], "dp": 1}, "cluster": {"num_gpus": 8}}
         recipe, cluster = run_recipe(fake)
         profile = _profile(recipe)

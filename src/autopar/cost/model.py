@@ -1,0 +1,366 @@
+"""The step: time and memory of one training step of a strategy, from each technique's terms.
+
+    step = m micro-batches through the slowest pipeline rank     (compute, recompute, tp, p2p)
+         + the pipeline bubble                                   (techniques/pipeline/cost.py)
+         + exposed data-parallel synchronisation                 (data, local_sgd, subnet cost.py)
+         + the optimizer step                                    (data/cost.py: ZeRO shards)
+         + exposed data loading
+
+    memory = max over pipeline ranks of  model states (ZeRO)  + activations in flight
+                                       + working set + buffers + framework reserve
+
+`CostModel` caches the per-layer tables (cost/layers.py) of one (profile, workload,
+cluster) so the planner's thousands of estimates cost microseconds each. Ranks are
+numbered threads, then tp, then dp, then pp (innermost first, as in Megatron-LM), which
+decides which groups stay inside a node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+from autopar.cost import collectives as coll
+from autopar.cost.compute import DeviceRate
+from autopar.cost.efficiency import DEFAULT, Efficiency
+from autopar.cost.estimate import GB, Estimate, Workload
+from autopar.cost.layers import LayerTable, layer_costs
+from autopar.profile.types import ModelProfile, is_mlp_layer
+from autopar.spec.cluster import Cluster
+from autopar.spec.enums import DataPartition, Recompute, Sync
+from autopar.spec.recipe import Recipe
+from autopar.spec.strategy import Strategy
+from autopar.techniques import check_strategy
+from autopar.techniques.data import cost as data_cost
+from autopar.techniques.features import cost as features_cost
+from autopar.techniques.local_sgd import cost as local_sgd_cost
+from autopar.techniques.pipeline import cost as pipeline_cost
+from autopar.techniques.subnet import cost as subnet_cost
+from autopar.techniques.threads import cost as threads_cost
+
+FRAMEWORK_RESERVE_BYTES = {True: 0.35 * GB, False: 1.5 * GB}  # CPU process (torch + Python); CUDA context + allocator slack
+HOST_TO_DEVICE_BPS = 20 * GB  # PCIe 4.0 x16 in practice, for input batches
+
+
+@dataclass(frozen=True)
+class Topology:
+    tp: coll.Placement
+    dp: coll.Placement
+    pp_crosses_nodes: bool
+    used_per_node: int
+
+
+@dataclass(frozen=True)
+class Rank:
+    """One pipeline rank: one micro-batch's time by kind, and what it holds."""
+
+    compute_s: float  # forward + backward compute of one micro-batch
+    recompute_s: float
+    tp_s: float
+    p2p_s: float
+    backward_s: float
+    params: float
+    activation_bytes: float  # one micro-batch, all chunks of the rank
+    working_bytes: float
+    boundary_bytes: float
+
+    @property
+    def time_s(self) -> float:  # one micro-batch through the rank
+        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s
+
+
+@dataclass(frozen=True)
+class RankSet:
+    ranks: list[Rank]
+    slow: Rank  # the rank that sets the pipeline's pace
+    time_sum: float
+    max_params: float
+    chunk_max_s: float = 0.0  # slowest chunk's compute (interleaved schedules)
+
+
+class CostModel:
+    """Estimates strategies for one (profile, workload, cluster); caches per-layer tables."""
+
+    def __init__(self, profile: ModelProfile, work: Workload, cluster: Cluster, eff: Efficiency = DEFAULT):
+        self.profile, self.work, self.cluster, self.eff = profile, work, cluster, eff
+        self.stats = [layer.stats for layer in profile.layers]
+        self.n_layers = len(self.stats)
+        self.peak = cluster.device.peak_flops_for(work.precision)
+        self.model_flops_per_sample = profile.forward_flops + profile.backward_flops
+        self.per_param = data_cost.bytes_per_param(work.optimizer, work.precision)  # (param, grad, state) bytes
+        dev = cluster.device
+        self.comm_overlap = dev.comm_overlap if dev.comm_overlap is not None else eff.comm_overlap
+        self.facts = profile.facts  # what the rules read, extracted once by the profiler
+        self.reserve_bytes = FRAMEWORK_RESERVE_BYTES[dev.shared_memory]
+        self._tables: dict[tuple, LayerTable] = {}
+        self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
+        self._ranks: dict[tuple, RankSet] = {}
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
+        from autopar.profile.profiler import profile_recipe  # the profiler traces on torch: only when not given
+
+        profile = profile or profile_recipe(recipe)
+        return cls(profile, Workload.from_recipe(recipe, profile), cluster, eff)
+
+    # ---------------------------------------------------------- the step
+
+    def estimate(self, s: Strategy, check: bool = True) -> Estimate:
+        if check:
+            check_strategy(s, self.facts, self.work.global_batch, self.cluster, precision=self.work.precision)
+        b, m = s.microbatch_size(self.work.global_batch), s.num_microbatches(self.work.global_batch)
+        topo = self.topology(s)
+        rate = self.rate(s, topo.used_per_node)
+        table = self.table(s, b, topo, rate)
+        counts = self.layout(s, table)
+        est = self._evaluate(s, table, counts, m, topo, rate)
+        if not est.fits and s.pp > 1 and s.virtual_stages == 1 and s.stages is None and self._relayout_may_fit(s, table, counts, m, topo):
+            # the time-balanced cut does not fit: cut again, balancing time under a memory cap
+            lean = pipeline_cost.memory_layout(table, self.profile.stack, s.pp, self._state_bytes_per_param(s),
+                                               self._in_flight(s, m), self._capacity(s) - self.reserve_bytes)
+            if lean is not None and lean != counts:
+                other = self._evaluate(s, table, lean, m, topo, rate)
+                est = other if other.fits else est
+        return est
+
+    def _evaluate(self, s: Strategy, table: LayerTable, counts, m: int, topo: Topology, rate: DeviceRate) -> Estimate:
+        rs = self.ranks(s, table, counts, topo)
+        slow = rs.slow
+        pipe_s, bubble_s = pipeline_cost.schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages, rs.chunk_max_s)
+        time = {
+            "compute": m * slow.compute_s,
+            "recompute": m * slow.recompute_s,
+            "tp_comm": m * slow.tp_s,
+            "pp_comm": m * slow.p2p_s,
+            "bubble": bubble_s,
+            "dp_comm": self._sync_s(s, slow, m, topo),
+            "optimizer": data_cost.optimizer_step_s(rs.max_params, self.per_param, s.zero, s.dp, self.work.precision.is_mixed,
+                                                    rate.bandwidth_Bps * self.eff.memory_bandwidth),
+            "data": self._loading_s(s, pipe_s),
+        }
+        return self._assemble(s, time, self._memory(s, rs.ranks, m, table), counts)
+
+    def _sync_s(self, s: Strategy, slow: Rank, m: int, topo: Topology) -> float:
+        """Exposed gradient / parameter synchronisation of one step over the dp group."""
+        if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
+            return 0.0
+        cl, eff, (p, g, _) = self.cluster, self.eff, self.per_param
+        if s.subnet:
+            return local_sgd_cost.averaging_s(subnet_cost.partitioned_params(self.stats) * p / s.dp, topo.dp, s.sync_every, cl, eff)
+        if s.sync is Sync.ASYNC:
+            return local_sgd_cost.averaging_s(slow.params * 4, topo.dp, s.sync_every, cl, eff)
+        window = slow.backward_s * self.comm_overlap
+        link = cl.intra_node if topo.dp.nodes == 1 else cl.inter_node
+        if s.zero == 0:
+            return data_cost.ddp_sync(slow.params * g, topo.dp, window, cl, eff).exposed_s * link.ddp_factor
+        if s.zero in (1, 2):  # ZeRO-1 runs as DDP + sharded optimizer, ZeRO-2 as FSDP2 (techniques/data/apply.py)
+            factor = link.ddp_factor if s.zero == 1 else link.fsdp_factor
+            return data_cost.zero12_sync(slow.params * g, slow.params * p, topo.dp, window, cl, eff).exposed_s * factor
+        gathers = 3 if s.recompute is Recompute.FULL else 2
+        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s) * self.comm_overlap
+        return data_cost.zero3_sync_s(slow.params * p, slow.params * g, gathers, m, busy, 1 / max(1, self.n_layers),
+                                      topo.dp, cl, eff, link.fsdp_factor)
+
+    def _loading_s(self, s: Strategy, busy_s: float) -> float:
+        """Input batches: read from storage when a node's shard exceeds its host memory, then
+        copied to the device; exposed beyond the pipeline's busy time."""
+        w, cl = self.work, self.cluster
+        nodes = max(1, -(-s.devices // cl.devices_per_node))
+        per_node_step = w.global_batch * w.sample_bytes / nodes  # feature partitions still read whole samples per node
+        shard = w.samples * w.sample_bytes / nodes
+        read = per_node_step / w.storage_Bps if shard > cl.host_memory_bytes * 0.8 else 0.0
+        copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / HOST_TO_DEVICE_BPS
+        return max(0.0, read + copy - busy_s)
+
+    def _memory(self, s: Strategy, ranks: list[Rank], m: int, table: LayerTable) -> dict[str, float]:
+        """The peak over pipeline ranks of states + activations in flight + buffers + reserve."""
+        per_param = self._state_bytes_per_param(s)
+        flights = self._in_flight(s, m)
+        peak = max(range(len(ranks)), key=lambda r: ranks[r].params * per_param + ranks[r].activation_bytes * flights[r]
+                   + ranks[r].working_bytes + 2 * ranks[r].boundary_bytes)
+        rank = ranks[peak]
+        states = data_cost.model_state_bytes(rank.params, self.per_param, s.zero, self._shard_group(s))
+        buffers = 2 * rank.boundary_bytes
+        if s.dp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
+            buffers += 2 * data_cost.DDP_BUCKET_BYTES  # DDP buckets in flight
+        if s.zero >= 3:  # a layer's gathered parameters, and the next one prefetched
+            buffers += 2 * table.max_params * self.per_param[0]
+        out = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
+               "activations": rank.activation_bytes * flights[peak] + rank.working_bytes, "buffers": buffers,
+               "reserve": self.reserve_bytes}
+        out["total"] = sum(out.values())
+        return out
+
+    def _assemble(self, s: Strategy, time: dict[str, float], mem: dict[str, float], counts) -> Estimate:
+        w = self.work
+        step = sum(time.values())
+        capacity = self._capacity(s)
+        fits = mem["total"] <= capacity
+        flops = self.flops_per_sample(s) * w.global_batch
+        tflops = flops / step / s.devices if step > 0 else 0.0
+        return Estimate(
+            strategy=s,
+            devices_used=s.devices,
+            fits=fits,
+            reason=None if fits else f"needs {mem['total'] / GB:.3g} GB per device > {capacity / GB:.3g} GB",
+            step_time_s=step,
+            time_breakdown_s=time,
+            memory_per_device_bytes=mem["total"],
+            memory_breakdown_bytes={k: v for k, v in mem.items() if k != "total"},
+            throughput_samples_s=w.global_batch / step if step > 0 else math.inf,
+            tokens_per_s=w.global_batch * w.tokens_per_sample / step if w.tokens_per_sample and step > 0 else None,
+            tflops_per_device=tflops / 1e12,
+            mfu=tflops / self.peak if self.peak else 0.0,
+            steps_factor=self.steps_factor(s),
+            time_to_train_s=w.steps * self.steps_factor(s) * step,
+            stages=counts,
+        )
+
+    # ---------------------------------------------------------- technique terms
+
+    def flops_per_sample(self, s: Strategy) -> float:
+        """Model FLOPs (forward + backward) per sample the strategy executes."""
+        return subnet_cost.flops_per_sample(self.stats, s.dp) if s.subnet else self.model_flops_per_sample
+
+    def steps_factor(self, s: Strategy) -> float:
+        """Steps to the same loss relative to synchronous training (statistical efficiency)."""
+        factor = 1.0
+        if s.sync is Sync.ASYNC and s.dp > 1:
+            factor *= local_sgd_cost.steps_factor(s.sync_every)
+        if s.sync is Sync.ASYNC:
+            factor *= threads_cost.hogwild_steps_factor(s.threads)
+        if s.subnet:
+            factor *= subnet_cost.steps_factor(s.dp)
+        return factor
+
+    def _shard_group(self, s: Strategy) -> int:
+        """Ranks ZeRO shards over: the dp group of synchronous sample-parallel replicas."""
+        return s.dp if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
+
+    def _state_bytes_per_param(self, s: Strategy) -> float:
+        return data_cost.model_state_bytes(1.0, self.per_param, s.zero, self._shard_group(s)).total
+
+    def _capacity(self, s: Strategy) -> float:
+        return self.cluster.device.memory_bytes * s.threads
+
+    def _in_flight(self, s: Strategy, m: int) -> tuple[float, ...]:
+        return tuple(pipeline_cost.microbatches_in_flight(s.schedule, r, s.pp, m, s.virtual_stages) for r in range(s.pp))
+
+    def _relayout_may_fit(self, s: Strategy, table: LayerTable, counts, m: int, topo: Topology) -> bool:
+        """Moving layers between stages cannot bring the fullest stage below the average:
+        skip the memory-aware cut when even the average stage overflows."""
+        ranks = self.ranks(s, table, counts, topo).ranks
+        per_param, flights = self._state_bytes_per_param(s), self._in_flight(s, m)
+        average = sum(r.params * per_param + r.activation_bytes * f for r, f in zip(ranks, flights)) / len(ranks)
+        return average <= self._capacity(s) - self.reserve_bytes
+
+    # ---------------------------------------------------------- tables (cached)
+
+    def topology(self, s: Strategy) -> Topology:
+        dpn = self.cluster.devices_per_node
+        used_per_node = min(dpn, s.devices)
+        tp = coll.place(s.tp, s.threads, dpn, used_per_node)
+        dp = coll.place(s.dp, s.threads * s.tp, dpn, used_per_node)
+        return Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node)
+
+    def rate(self, s: Strategy, used_per_node: int) -> DeviceRate:
+        dev = self.cluster.device
+        flops = threads_cost.thread_flops(self.peak, s.threads, dev.thread_efficiency)
+        bw = dev.memory_bandwidth_Bps * s.threads
+        overhead = dev.op_overhead_s
+        if dev.shared_memory:  # the node's processes share one memory bus, caches and clocks
+            processes = max(1, used_per_node // s.threads)
+            bw = min(bw, self.cluster.node_bandwidth_Bps / processes)
+            if processes > 1:
+                flops *= dev.concurrency_efficiency
+                overhead /= dev.concurrency_efficiency
+        fusion = 1.0 if dev.shared_memory else self.eff.accelerator_fusion
+        return DeviceRate(flops, bw, overhead, fusion, self.profile.dtype_bytes)
+
+    def table(self, s: Strategy, b: int, topo: Topology, rate: DeviceRate) -> LayerTable:
+        subnet_split = s.dp if s.subnet else 1
+        feature_split = s.dp if s.data_partition is DataPartition.FEATURES else 1
+        key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, feature_split, topo.dp if feature_split > 1 else None)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = LayerTable(self._layer_costs(s, b, topo, rate))
+        return table
+
+    def _layer_costs(self, s: Strategy, b: int, topo: Topology, rate: DeviceRate) -> list:
+        cl, eff = self.cluster, self.eff
+        by_stats: dict[tuple, Any] = {}
+        costs = []
+        for i, stats in enumerate(self.stats):
+            feature_layer = s.data_partition is DataPartition.FEATURES and i == 0
+            key = (id(stats), feature_layer)
+            if key not in by_stats:
+                if s.subnet and s.dp > 1 and is_mlp_layer(stats):
+                    by_stats[key] = subnet_cost.subnet_layer_costs(stats, b, s.dp, s.recompute, rate, eff)
+                elif feature_layer:
+                    by_stats[key] = features_cost.feature_layer_costs(stats, b, s.dp, s.recompute, rate, eff,
+                                                                      lambda n: coll.all_reduce_s(n, topo.dp, cl, eff))
+                else:
+                    by_stats[key] = layer_costs(stats, b, s.tp, s.sequence_parallel, s.recompute, rate, eff,
+                                                lambda n: coll.all_reduce_s(n, topo.tp, cl, eff),
+                                                tp_module_overhead_s=cl.device.tp_module_overhead_s)
+            costs.append(by_stats[key])
+        return costs
+
+    def layout(self, s: Strategy, table: LayerTable) -> Optional[tuple[int, ...]]:
+        """Blocks of the `layers` stack per pipeline chunk (None without a pipeline): given by
+        the strategy, else balanced by time with the embedding riding on the first block and
+        the head on the last. This is the layout the runtime executes (`with_stages`)."""
+        chunks = s.pp * s.virtual_stages
+        if chunks == 1:
+            return None
+        if s.stages is not None:
+            return s.stages
+        runs = pipeline_cost.block_runs(table.times, self.profile.stack)
+        ref = max(t for t, _ in runs) or 1.0
+        key = (chunks, tuple((round(t / ref, 4), n) for t, n in runs))  # shared by tables of the same shape
+        if key not in self._layouts:
+            self._layouts[key] = pipeline_cost.layout_runs(runs, chunks)
+        return self._layouts[key]
+
+    def with_stages(self, s: Strategy) -> Strategy:
+        """`s` with the stage layout this model prices for it written in: what `autopar run`
+        executes, so the run is the prediction's."""
+        if s.pp == 1 or s.stages is not None:
+            return s
+        return replace(s, stages=self.estimate(s, check=False).stages)
+
+    def ranks(self, s: Strategy, table: LayerTable, counts: Optional[tuple[int, ...]], topo: Topology) -> RankSet:
+        """Per pipeline rank: one micro-batch's time by kind, parameters and activations (cached)."""
+        key = (id(table), counts, s.pp, s.virtual_stages, topo.pp_crosses_nodes, topo.used_per_node, s.tp, s.sequence_parallel)
+        found = self._ranks.get(key)
+        if found is None:
+            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.stack, self.n_layers)
+            ranks = [self._rank(s, table, chunks, topo) for chunks in ranges]
+            chunk_max = max(table.range_time(a, e) for chunks in ranges for a, e in chunks) if s.virtual_stages > 1 else 0.0
+            found = self._ranks[key] = RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks),
+                                               max(r.params for r in ranks), chunk_max)
+        return found
+
+    def _rank(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], topo: Topology) -> Rank:
+        rs = table.range_sum
+        p2p = 0.0
+        if s.pp > 1:
+            p2p = pipeline_cost.p2p_s(chunks, lambda i: table.costs[i].output_bytes, self.n_layers, s.tp, s.sequence_parallel,
+                                      topo.pp_crosses_nodes, topo.used_per_node, topo.tp, self.cluster, self.eff)
+        return Rank(
+            compute_s=sum(rs("forward_s", a, e) + rs("backward_s", a, e) for a, e in chunks),
+            recompute_s=sum(rs("recompute_s", a, e) for a, e in chunks),
+            tp_s=sum(rs("tp_forward_s", a, e) + rs("tp_backward_s", a, e) for a, e in chunks),
+            p2p_s=p2p,
+            backward_s=sum(rs("backward_s", a, e) for a, e in chunks),
+            params=sum(rs("params", a, e) for a, e in chunks),
+            activation_bytes=sum(rs("activation_bytes", a, e) for a, e in chunks),
+            working_bytes=max(table.max_working(a, e) for a, e in chunks),
+            boundary_bytes=max(table.costs[e - 1].output_bytes for a, e in chunks) if s.pp > 1 else 0.0,
+        )
+
+
+def estimate(recipe: Recipe, cluster: Cluster, strategy: Strategy, profile: Optional[ModelProfile] = None) -> Estimate:
+    """One-call API: profile the recipe's model (unless given) and estimate the strategy."""
+    return CostModel.for_recipe(recipe, cluster, profile).estimate(strategy)

@@ -1,0 +1,14 @@
+"""Data parallelism by samples: DDP, and sharded states ZeRO-1/2/3 (FSDP2)."""
+
+from autopar.techniques.base import Technique
+from autopar.techniques.data import rules, space
+
+TECHNIQUE = Technique(
+    name="data",
+    fields=("dp", "zero"),
+    rules=(rules.check_batch_split,),
+    dimensions=space.DIMENSIONS,
+    predicates=space.PREDICATES,
+    apply="autopar.techniques.data.apply",
+    fp16_ok=lambda s: s.zero < 2,
+)

@@ -1,0 +1,102 @@
+"""Data parallelism: DDP, and ZeRO (Rajbhandari et al. 2020) with FSDP2 and ZeroRedundancyOptimizer.
+
+  zero=0  DistributedDataParallel: gradients all-reduced in 25 MB buckets under backward.
+How each ZeRO stage is realised over the dp ranks:
+  zero=1  DDP + ZeroRedundancyOptimizer: optimizer states sharded; gradients all-reduced
+          (DDP); each rank updates its shard and broadcasts it.
+  zero=2  FSDP2 fully_shard(reshard_after_forward=False): gradients (reduce-scattered) and
+          optimizer states sharded; parameters all-gathered once per step and kept from
+          forward through backward.
+  zero=3  FSDP2 fully_shard(reshard_after_forward=True): parameters sharded too, gathered
+          again for backward.
+With tensor parallelism (DTensor parameters, which DDP and ZeroRedundancyOptimizer
+cannot take) or pipeline parallelism (DDP's bucket rebuilding fails under
+torch.distributed.pipelining's per-micro-batch backward: "rebuilt parameter indices
+size is not same as original model parameters size", torch 2.13), data parallelism is
+always FSDP2 over the dp mesh dimension: zero=0 as HSDP with dp replicas and shard
+size 1 (plain replication, gradients all-reduced), zero=1 and 2 as zero=2 above,
+zero=3 as above.
+
+fully_shard wraps each block of `layers` (one all-gather per block, overlapped with
+the previous block's compute) and then the chunk's root (embeddings, head).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from autopar.runtime.mesh import dp_group, dp_mesh
+from autopar.runtime.optim import optimizer_class
+from autopar.runtime.parallelized import Chunk, GradSync, Parallelized
+from autopar.spec.enums import DataPartition
+from autopar.spec.recipe import TrainingSpec
+from autopar.spec.strategy import Strategy
+
+BUCKET_CAP_MB = 25  # PyTorch's default; the size Li et al. (VLDB 2020) found best on their clusters
+
+
+def grad_sync(s: Strategy) -> GradSync:
+    """Who synchronises gradients: nobody for one replica, local SGD, IST or a feature partition."""
+    if s.dp == 1 or s.is_async or s.subnet or s.data_partition is DataPartition.FEATURES:
+        return GradSync.NONE
+    return GradSync.FSDP if uses_fsdp(s.zero, s.tp, s.pp, s.dp) else GradSync.DDP
+
+
+def apply(par: Parallelized) -> None:
+    """FSDP2 over the dp mesh (then materialize the shards), or materialize then DDP."""
+    s, ctx = par.strategy, par.ctx
+    par.grad_sync = grad_sync(s)
+    if par.grad_sync is GradSync.FSDP:
+        for chunk in par.chunks:
+            apply_fsdp(chunk.module, dp_mesh(ctx.mesh, ctx.dims), s.zero, par.precision.fsdp_policy())
+        kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp(zero{3 if s.zero == 3 else 2})"
+        par.applied.append(f"{kind}(dp={s.dp})")
+        par.materialize()
+    elif par.grad_sync is GradSync.DDP:
+        par.materialize()  # DDP broadcasts rank 0's weights: they must exist
+        group = dp_group(ctx.mesh, ctx.dims)
+        par.applied.append(f"ddp(dp={ctx.dims.dp})")
+        par.chunks = [Chunk(c.stage, apply_ddp(c.module, group, ctx.device)) for c in par.chunks]
+        if s.zero == 1:
+            par.optimizer = zero1_optimizer(par.parameters, par.training, group)
+            par.applied.append("zero1(ZeroRedundancyOptimizer)")
+
+
+def apply_ddp(module: nn.Module, group, device: torch.device, bucket_cap_mb: int = BUCKET_CAP_MB) -> DDP:
+    """Gradients all-reduced in buckets while backward runs. Buffers of the built-in models
+    are constants (causal masks, rotary tables), so they are not re-broadcast every forward.
+    With gradient accumulation or a pipeline only the last micro-batch's backward syncs."""
+    device_ids: Optional[list[int]] = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=device_ids, process_group=group, bucket_cap_mb=bucket_cap_mb, forward_sync_buffers=False)
+
+
+def uses_fsdp(zero: int, tp: int, pp: int, dp: int) -> bool:
+    """Whether data parallelism is realised with FSDP2 (else DDP)."""
+    return dp > 1 and (zero >= 2 or tp > 1 or pp > 1)
+
+
+def apply_fsdp(module: nn.Module, mesh: DeviceMesh, zero: int, mp_policy: Optional[MixedPrecisionPolicy]) -> nn.Module:
+    """fully_shard each block of `layers`, then the root; in place (FSDP2 swaps the class)."""
+    reshard = zero == 3
+    kwargs = {"mesh": mesh, "reshard_after_forward": reshard}
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+    layers = getattr(module, "layers", None)
+    if isinstance(layers, (nn.ModuleList, nn.ModuleDict)):
+        for _, block in layers.named_children():
+            fully_shard(block, **kwargs)
+    fully_shard(module, **kwargs)
+    return module
+
+
+def zero1_optimizer(params: list[nn.Parameter], training: TrainingSpec, group) -> torch.optim.Optimizer:
+    """ZeroRedundancyOptimizer over the dp group: each rank keeps 1/dp of the optimizer states."""
+    cls, kwargs = optimizer_class(training)
+    return ZeroRedundancyOptimizer(params, optimizer_class=cls, process_group=group, **kwargs)

@@ -1,0 +1,268 @@
+"""Pipeline parallelism: stage layout and schedule time.
+
+Stage layout: cut L layers into S contiguous stages, minimising the slowest stage's
+time, with each stage's memory under a cap (uneven layer counts allowed). Two
+solvers agree: `layout_dp`, the reference dynamic program, and `layout_fast`,
+bisection on the answer with a greedy feasibility test (exact up to the bisection
+tolerance; greedy is optimal for the test since a shorter suffix is never harder).
+
+Schedule time for m micro-batches over p stages (Narayanan et al. 2021, Sec. 2.2):
+GPipe and 1F1B both take (m - 1) t_max + sum_i t_i, a bubble of (p - 1) t for
+balanced stages, i.e. (p - 1)/m of the ideal m t. Interleaving v chunks per rank
+divides the bubble by v.
+
+Memory: the micro-batches whose activations a stage holds at its peak
+(`microbatches_in_flight`) and the point-to-point sends between stages (`p2p_s`).
+
+The default stage layout, used by the cost model and executed by the runtime alike, is
+`layout_runs` over the profiled per-block times (the embedding riding on the first
+block, the head on the last: `block_runs`); see autopar.cost.model.CostModel.layout.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Callable, Optional, Sequence
+
+from autopar.cost import collectives as coll
+from autopar.cost.efficiency import Efficiency
+from autopar.spec.cluster import Cluster
+from autopar.spec.enums import Schedule
+from autopar.util import run_lengths
+
+MemFn = Callable[[int, int, int], float]  # (stage index, first layer, end layer) -> bytes
+
+
+def _prefix(values: Sequence[float]) -> list[float]:
+    out = [0.0]
+    for v in values:
+        out.append(out[-1] + v)
+    return out
+
+
+def layout_dp(times: Sequence[float], stages: int, mem: Optional[MemFn] = None, cap: float = math.inf) -> Optional[tuple[int, ...]]:
+    """Reference solver, O(S L^2). best[i][j]: the smallest possible slowest-stage time
+    when the first j layers fill the first i stages; choice[i][j] the first layer of
+    stage i-1 in that optimum. Returns layers per stage, or None if nothing fits."""
+    L = len(times)
+    if stages > L:
+        return None
+    pre = _prefix(times)
+    inf = math.inf
+    best = [[inf] * (L + 1) for _ in range(stages + 1)]
+    choice = [[0] * (L + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for i in range(1, stages + 1):
+        for j in range(i, L - (stages - i) + 1):
+            for k in range(i - 1, j):
+                if best[i - 1][k] == inf or (mem is not None and mem(i - 1, k, j) > cap):
+                    continue
+                value = max(best[i - 1][k], pre[j] - pre[k])
+                if value < best[i][j]:
+                    best[i][j], choice[i][j] = value, k
+    if best[stages][L] == inf:
+        return None
+    counts, j = [], L
+    for i in range(stages, 0, -1):
+        k = choice[i][j]
+        counts.append(j - k)
+        j = k
+    return tuple(reversed(counts))
+
+
+def _greedy(pre: list[float], stages: int, limit: float, mem: Optional[MemFn], cap: float) -> Optional[tuple[int, ...]]:
+    L = len(pre) - 1
+    counts, start = [], 0
+    for i in range(stages):
+        last_end = L - (stages - i - 1)  # leave one layer for each later stage
+        end = start + 1
+        if pre[end] - pre[start] > limit or (mem is not None and mem(i, start, end) > cap):
+            return None
+        while end < last_end and pre[end + 1] - pre[start] <= limit and (mem is None or mem(i, start, end + 1) <= cap):
+            end += 1
+        if i == stages - 1 and end != L:
+            return None
+        counts.append(end - start)
+        start = end
+    return tuple(counts)
+
+
+def layout_fast(times: Sequence[float], stages: int, mem: Optional[MemFn] = None, cap: float = math.inf, rel_tol: float = 1e-12) -> Optional[tuple[int, ...]]:
+    """Bisection on the slowest-stage time with a greedy feasibility test."""
+    L = len(times)
+    if stages > L:
+        return None
+    pre = _prefix(times)
+    lo, hi = max(times) if times else 0.0, pre[-1]
+    best = _greedy(pre, stages, hi, mem, cap)
+    if best is None:
+        return None
+    while hi - lo > rel_tol * max(hi, 1e-300):
+        mid = (lo + hi) / 2
+        found = _greedy(pre, stages, mid, mem, cap)
+        if found is None:
+            lo = mid
+        else:
+            hi, best = mid, found
+    return best
+
+
+def layout_brute_force(times: Sequence[float], stages: int, mem: Optional[MemFn] = None, cap: float = math.inf) -> Optional[float]:
+    """Oracle for tests: the optimal slowest-stage time over all cuts."""
+    L = len(times)
+    pre = _prefix(times)
+    best = None
+    for cuts in combinations(range(1, L), stages - 1):
+        bounds = (0, *cuts, L)
+        if mem is not None and any(mem(i, bounds[i], bounds[i + 1]) > cap for i in range(stages)):
+            continue
+        value = max(pre[bounds[i + 1]] - pre[bounds[i]] for i in range(stages))
+        best = value if best is None else min(best, value)
+    return best
+
+
+def layout_runs(runs: Sequence[tuple[float, int]], stages: int, rel_tol: float = 1e-5) -> Optional[tuple[int, ...]]:
+    """Time-only layout for layers given as runs of identical (time, count): the greedy
+    takes whole blocks of a run at once, so a test costs O(stages + runs), not O(L).
+    Same optimum as layout_fast (to rel_tol) when no memory cap applies."""
+    L = sum(n for _, n in runs)
+    if stages > L:
+        return None
+    total = sum(t * n for t, n in runs)
+    biggest = max(t for t, _ in runs)
+    lo = max(biggest, total / stages)
+    hi = min(total, total / stages + biggest) * (1 + 1e-12)  # greedy always succeeds at average + largest
+    best = _greedy_runs(runs, L, stages, hi)
+    while best is not None and hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        found = _greedy_runs(runs, L, stages, mid)
+        if found is None:
+            lo = mid
+        else:
+            hi, best = mid, found
+    return best
+
+
+def _greedy_runs(runs: Sequence[tuple[float, int]], L: int, stages: int, limit: float) -> Optional[tuple[int, ...]]:
+    counts: list[int] = []
+    r, used_in_run, taken = 0, 0, 0  # current run, layers of it already placed, layers placed
+    for i in range(stages):
+        room, size = limit, 0
+        last = L - taken - (stages - i - 1)  # layers this stage may take at most
+        while r < len(runs) and size < last:
+            t, n = runs[r]
+            avail = min(n - used_in_run, last - size)
+            k = avail if t <= 0 else min(avail, int(room / t * (1 + 1e-12)))
+            if k <= 0:
+                break
+            size += k
+            room -= k * t
+            used_in_run += k
+            if used_in_run == n:
+                r, used_in_run = r + 1, 0
+            else:
+                break
+        if size == 0:
+            return None
+        counts.append(size)
+        taken += size
+    return tuple(counts) if taken == L else None
+
+
+def stage_max_time(times: Sequence[float], counts: Sequence[int]) -> float:
+    pre, start, worst = _prefix(times), 0, 0.0
+    for c in counts:
+        worst = max(worst, pre[start + c] - pre[start])
+        start += c
+    return worst
+
+
+def schedule_time_s(t_max: float, t_sum: float, p: int, m: int, virtual: int, chunk_max: float = 0.0) -> tuple[float, float]:
+    """(total, bubble) seconds for m micro-batches over p pipeline ranks, where t_max is the
+    slowest rank's forward + backward of one micro-batch (all its chunks), t_sum the sum
+    over ranks and chunk_max the slowest single chunk (interleaved schedules)."""
+    if p == 1:
+        return m * t_max, 0.0
+    if virtual > 1:
+        # Narayanan et al. 2021, Sec. 2.2.2: (p - 1) chunk times, t_max / v when chunks are even
+        bubble = (p - 1) * max(t_max / virtual, chunk_max)
+    else:
+        bubble = t_sum - t_max  # (m - 1) t_max + sum_i t_i: (p - 1) t when balanced
+    return m * t_max + bubble, bubble
+
+
+def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virtual: int) -> float:
+    """Micro-batches whose activations a stage holds at its peak.
+
+    GPipe: all m (forward of every micro-batch before any backward). 1F1B: pp - stage
+    (at most m). Interleaved: the first stage holds pp micro-batches of its layers
+    times (1 + (p-1)/(p v)) (Korthikanti et al. 2022, Sec. 4.2.3).
+    """
+    if pp <= 1:
+        return 1.0
+    if schedule is Schedule.GPIPE:
+        return float(m)
+    base = float(min(pp - stage, m))
+    if schedule is Schedule.INTERLEAVED and virtual > 1:
+        return min(float(m), base * (1 + (pp - 1) / (pp * virtual))) if stage == 0 else base
+    return base
+
+
+def rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, stack: Optional[tuple[int, int]],
+                n_layers: int) -> list[list[tuple[int, int]]]:
+    """Layer ranges [start, end) of each pipeline rank; rank r holds chunks r, r + pp, ...
+    `counts` are blocks per chunk; layers before the stack join the first chunk, after it the last."""
+    if counts is None:
+        return [[(0, n_layers)]]
+    offset = stack[0] if stack else 0
+    bounds, start = [], 0
+    for c in counts:
+        bounds.append((start + offset, start + offset + c))
+        start += c
+    bounds[0] = (0, bounds[0][1])
+    bounds[-1] = (bounds[-1][0], n_layers)
+    return [[bounds[r + pp * k] for k in range(virtual)] for r in range(pp)]
+
+
+def block_runs(times: Sequence[float], stack: Optional[tuple[int, int]]) -> list[tuple[float, int]]:
+    """Per-block times as runs of equal values, the layers around the stack folded into
+    its first and last block."""
+    start, count = stack if stack else (0, len(times))
+    blocks = list(times[start:start + count])
+    blocks[0] += sum(times[:start])
+    blocks[-1] += sum(times[start + count:])
+    return run_lengths(blocks)
+
+
+def p2p_s(chunks: list[tuple[int, int]], output_bytes: Callable[[int], float], n_layers: int, tp: int, sequence_parallel: bool,
+          crosses_nodes: bool, nic_share: int, tp_group: coll.Placement, cluster: Cluster, eff: Efficiency) -> float:
+    """One micro-batch's sends of a pipeline rank: each chunk's activation to the next stage
+    and its gradient back. output_bytes(i) is what layer i outputs (split over tp ranks by
+    Megatron's scatter/gather; without SP the next stage all-gathers it)."""
+    total = 0.0
+    for start, end in chunks:
+        sends = (end < n_layers) + (start > 0)
+        nbytes = output_bytes(end - 1) if end < n_layers else output_bytes(start - 1)
+        total += sends * coll.p2p_s(nbytes, crosses_nodes, nic_share, cluster, eff)
+        if tp > 1 and not sequence_parallel:  # re-assemble the scattered activation
+            total += sends * coll.all_gather_s(nbytes * tp, tp_group, cluster, eff)
+    return total
+
+
+def memory_layout(table, stack: tuple[int, int], pp: int, per_param_bytes: float, flights: Sequence[float],
+                  cap_bytes: float) -> Optional[tuple[int, ...]]:
+    """Blocks per stage minimising the slowest stage subject to each stage's memory (states,
+    activations of the micro-batches it holds in flight, its boundary buffers) fitting
+    `cap_bytes`. `table` is a cost.layers.LayerTable of the whole model."""
+    start, count = stack
+    n = len(table.costs)
+    costs, params, acts = table.costs, table.prefix["params"], table.prefix["activation_bytes"]
+    cap = cap_bytes - table.max_working(0, n)  # the largest layer's recompute working set bounds every stage's
+
+    def mem(i: int, a: int, e: int) -> float:  # blocks [a, e) of stage i; the ends fold in embedding and head
+        lo, hi = (0 if a == 0 else start + a), (n if e == count else start + e)
+        return per_param_bytes * (params[hi] - params[lo]) + flights[i] * (acts[hi] - acts[lo]) + 2 * costs[hi - 1].output_bytes
+
+    times = [table.range_time(0 if j == 0 else start + j, n if j == count - 1 else start + j + 1) for j in range(count)]
+    return layout_fast(times, pp, mem, cap, rel_tol=1e-3)

@@ -1,0 +1,52 @@
+"""Pipeline parallelism: what torch.distributed.pipelining runs and the cost model prices."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from autopar.spec.enums import Schedule
+from autopar.spec.strategy import Strategy
+from autopar.techniques.base import RuleInput
+
+
+def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
+    if s.pp == 1:
+        if s.virtual_stages > 1:
+            return f"virtual_stages({s.virtual_stages}) needs pp > 1"
+        return None if s.stages is None or len(s.stages) == 1 else f"stages {'/'.join(map(str, s.stages))} given but pp(1)"
+    if r.facts.layers == 0:
+        return f"pipeline parallelism needs a model with a top-level `layers` ModuleList; {r.facts.name} has none"
+    n_stages = s.pp * s.virtual_stages
+    if n_stages > r.facts.layers:
+        return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages > layers({r.facts.layers})"
+    if s.virtual_stages > 1 and s.schedule is not Schedule.INTERLEAVED:
+        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved (got {s.schedule.value})"
+    if s.stages is not None and (len(s.stages) != n_stages or sum(s.stages) != r.facts.layers):
+        return (
+            f"stages {'/'.join(map(str, s.stages))}: {len(s.stages)} stages holding {sum(s.stages)} layers; "
+            f"need pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages holding layers({r.facts.layers})"
+        )
+    return check_microbatches(s, r)
+
+
+def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
+    """torch.distributed.pipelining: 1F1B needs n >= pp; Interleaved1F1B runs n in rounds of
+    max(1, n // pp) and needs n divisible by the round count."""
+    n = s.num_microbatches(r.global_batch)
+    if s.schedule is Schedule.ONE_F_ONE_B and n < s.pp:
+        return f"schedule 1f1b needs num_microbatches({n}) >= pp({s.pp}); lower microbatch or use gpipe"
+    rounds = max(1, n // s.pp)
+    if s.schedule is Schedule.INTERLEAVED and n % rounds:
+        return f"schedule interleaved needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
+    return None
+
+
+def check_priced_schedule(s: Strategy, r: RuleInput) -> Optional[str]:
+    if s.schedule is not Schedule.INTERLEAVED or s.pp == 1:
+        return None
+    m = s.num_microbatches(r.global_batch)
+    if s.virtual_stages < 2:
+        return "schedule=interleaved needs virtual_stages >= 2 (with one chunk per rank it is 1f1b)"
+    if m % s.pp:  # Narayanan et al. 2021, Sec. 2.2.2: the bubble (p - 1) / v assumes m a multiple of p
+        return f"interleaved schedule: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
+    return None

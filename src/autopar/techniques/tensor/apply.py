@@ -1,0 +1,101 @@
+"""Tensor parallelism (Megatron-LM, Shoeybi et al. 2019) with DTensor's `parallelize_module`.
+
+The model's `tp_plan` maps fnmatch patterns to styles; each becomes a ParallelStyle:
+  colwise          ColwiseParallel()                      output features split, output stays sharded
+  rowwise          RowwiseParallel()                      input features split, output all-reduced
+  vocab_embedding  RowwiseParallel(input Replicate)       vocabulary split, output all-reduced
+  vocab_head       ColwiseParallel(output Shard(-1))      vocabulary split; logits stay a DTensor and
+                                                          the loss runs under `loss_parallel()`
+
+Sequence parallel (Korthikanti et al. 2022) keeps the residual stream split along the
+sequence (Shard(1)) between tensor-parallel regions, derived from the same plan:
+  - every LayerNorm / RMSNorm runs on its sequence shard (SequenceParallel);
+  - the parent of column-split Linears all-gathers its input once (PrepareModuleInput);
+  - row-split Linears reduce-scatter their output (output_layouts=Shard(1));
+  - the top-level `embed` output is cut to the rank's sequence shard (PrepareModuleOutput);
+    the vocab head all-gathers its input.
+Weights tied before (GPT's embedding and head) are tied again afterwards: both are
+Shard(0) over the vocabulary, so one DTensor parameter serves both.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatch
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from autopar.models.init import retie_, tied_parameters
+from autopar.runtime.parallelized import Parallelized
+from autopar.spec.enums import TPStyle
+
+_NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def apply(par: Parallelized) -> None:
+    """Split every chunk over the tp mesh dimension with the model's plan (declared, or the
+    Linear pairs the profiler found: ModelDef.tp_plan is set from the profile's facts)."""
+    s = par.strategy
+    if s.tp == 1:
+        return
+    for chunk in par.chunks:
+        par.loss_parallel |= apply_tensor_parallel(chunk.module, par.ctx.mesh["tp"], par.mdef.tp_plan or {}, s.sequence_parallel)
+    extras = (", sequence_parallel" if s.sequence_parallel else "") + (", loss_parallel" if par.loss_parallel else "")
+    par.applied.append(f"tensor_parallel(tp={s.tp}{extras})")
+
+
+def apply_tensor_parallel(module: nn.Module, tp_mesh: DeviceMesh, tp_plan: dict[str, str], sequence_parallel: bool) -> bool:
+    """Shard `module` in place over `tp_mesh`; returns whether the loss must run under loss_parallel()."""
+    ties = tied_parameters(module)
+    styles = resolve_plan(module, tp_plan)
+    plan = {name: _style(style, sequence_parallel) for name, style in styles.items()}
+    if sequence_parallel:
+        plan.update(_sequence_parallel_plan(module, styles))
+    parallelize_module(module, tp_mesh, plan)
+    retie_(module, ties)
+    return TPStyle.VOCAB_HEAD in styles.values()
+
+
+def resolve_plan(module: nn.Module, tp_plan: dict[str, str]) -> dict[str, TPStyle]:
+    """Module name -> style, for every submodule a pattern matches (the first matching pattern wins)."""
+    out = {}
+    for name, _ in module.named_modules():
+        style = next((s for pattern, s in tp_plan.items() if name and fnmatch(name, pattern)), None)
+        if style is not None:
+            out[name] = TPStyle(style)
+    return out
+
+
+def _style(style: TPStyle, sp: bool) -> ParallelStyle:
+    seq = Shard(1) if sp else Replicate()
+    if style is TPStyle.COLWISE:
+        return ColwiseParallel()
+    if style is TPStyle.ROWWISE:
+        return RowwiseParallel(output_layouts=seq)
+    if style is TPStyle.VOCAB_EMBEDDING:
+        return RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+    return ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1), use_local_output=False)
+
+
+def _sequence_parallel_plan(module: nn.Module, styles: dict[str, TPStyle]) -> dict[str, ParallelStyle]:
+    plan: dict[str, ParallelStyle] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, _NORMS):
+            plan[name] = SequenceParallel()
+    for name, style in styles.items():
+        parent = name.rpartition(".")[0]
+        if style is TPStyle.COLWISE and parent:
+            plan[parent] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
+    if isinstance(getattr(module, "embed", None), nn.Module):
+        plan["embed"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(1))
+    return plan
