@@ -73,3 +73,29 @@ def test_run_executes_the_predicted_layout(tmp_path):
         executed = next(a for a in report["applied"] if a.startswith("pipeline("))
         assert executed.endswith(f"layers {'/'.join(map(str, predicted))})"), (executed, predicted)
         assert report["predicted"]["predicted"]["stages"] == predicted
+
+
+def test_profile_estimate_and_plan_reload_from_json():
+    """Saved records load back equal: a replayed plan is the plan that was made."""
+    from autopar.cost.estimate import Estimate
+    from autopar.plan.planner import plan
+    from autopar.plan.result import PlanResult
+    from autopar.profile.profiler import profile_recipe
+    from autopar.profile.types import ModelProfile
+    from autopar.spec.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "examples/gpt3-175b.yaml")
+    cluster = parse_cluster(recipe.cluster)
+    profile = profile_recipe(recipe)
+    again = ModelProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert again == profile
+    assert len({id(lp.stats) for lp in again.layers}) == len({id(lp.stats) for lp in profile.layers})  # shared per group
+    fresh, reloaded = CostModel.for_recipe(recipe, cluster, profile), CostModel.for_recipe(recipe, cluster, again)
+    for text in ("dp=16,tp=8,pp=8,microbatch=1", "dp=128,tp=8,zero=3,microbatch=2,recompute=selective,sequence_parallel=true"):
+        e = fresh.estimate(Strategy.parse(text))
+        assert reloaded.estimate(Strategy.parse(text)) == e
+        assert Estimate.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+    result = plan(recipe, cluster, profile=profile)
+    back = PlanResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert [p.estimate for p in back.plans] == [p.estimate for p in result.plans]
+    assert back.rejected == result.rejected and back.profile == profile and back.recipe_key == result.recipe_key

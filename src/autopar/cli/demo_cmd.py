@@ -10,7 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 from autopar.cli.common import load_inputs, require_cluster
+from autopar.cli.plan_cmd import render
 from autopar.cli.tables import nbytes, seconds, table
+from autopar.errors import InputError
+from autopar.plan.planner import plan
 
 
 def register(subparsers) -> None:
@@ -26,9 +29,6 @@ def builtin_recipe() -> str:
 
 
 def run(args) -> int:
-    from autopar.cli.plan_cmd import render
-    from autopar.errors import InputError
-    from autopar.plan.planner import plan
     from autopar.runtime.launch import Rendezvous, WorkerArgs, launch, preflight
 
     args.recipe = args.recipe or builtin_recipe()

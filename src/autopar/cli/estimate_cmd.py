@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
 from autopar.cli.tables import nbytes, seconds, si, table
+from autopar.cost.model import CostModel
+from autopar.spec.strategy import Strategy
 
 
 def register(subparsers) -> None:
@@ -15,8 +17,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autopar.cost.model import CostModel
-    from autopar.spec.strategy import Strategy
 
     recipe, cluster = load_inputs(args)
     cluster = require_cluster(cluster)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
 from autopar.cli.tables import nbytes, seconds, table
+from autopar.cost.model import CostModel
+from autopar.errors import InputError
+from autopar.plan.explain import why_not
+from autopar.plan.planner import Objective, parse_fix, plan
+from autopar.spec.strategy import Strategy
 
 
 def register(subparsers) -> None:
@@ -19,15 +24,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autopar.errors import InputError
-    from autopar.plan.planner import Objective, parse_fix, plan
 
     recipe, cluster = load_inputs(args)
     cluster = require_cluster(cluster)
     if args.top < 1:
         raise InputError("--top", args.top, "expected an integer >= 1")
     fix = parse_fix(args.fix) if args.fix else None
-    from autopar.spec.strategy import Strategy
 
     why = Strategy.parse(args.why, field_path="--why") if args.why else None
     result = plan(recipe, cluster, top_k=args.top, fix=fix, objective=Objective(args.objective))
@@ -42,8 +44,6 @@ def run(args) -> int:
 
 
 def _why_not(s, result, recipe, cluster, objective) -> str:
-    from autopar.cost.model import CostModel
-    from autopar.plan.explain import why_not
 
     model = CostModel.for_recipe(recipe, cluster, result.profile)  # the profile the search used: no second profiling
     return why_not(s, result.plans[0].estimate, model, cluster, objective)

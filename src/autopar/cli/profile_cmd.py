@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autopar.cli.common import load_inputs, print_json
 from autopar.cli.tables import nbytes, si, table
+from autopar.profile.profiler import profile_recipe
 
 
 def register(subparsers) -> None:
@@ -15,7 +16,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from autopar.profile.profiler import profile_recipe
 
     recipe, _ = load_inputs(args)
     profile = profile_recipe(recipe)

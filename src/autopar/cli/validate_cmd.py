@@ -3,8 +3,14 @@ and the baselines on this machine, and compare predictions with measurements."""
 
 from __future__ import annotations
 
+import sys
+
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
 from autopar.cli.tables import nbytes, seconds, table
+from autopar.errors import InputError
+from autopar.plan.planner import plan
+from autopar.profile.profiler import profile_recipe
+from autopar.validation.local import baselines, score, validate
 
 
 def register(subparsers) -> None:
@@ -17,12 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import sys
 
-    from autopar.errors import InputError
-    from autopar.plan.planner import plan
-    from autopar.profile.profiler import profile_recipe
-    from autopar.validation.local import baselines, score, validate
 
     if args.steps < 2:
         raise InputError("--steps", args.steps, "expected an integer >= 2 (the first step is a warm-up)")

@@ -26,6 +26,7 @@ from autopar.cost.compute import DeviceRate
 from autopar.cost.efficiency import DEFAULT, Efficiency
 from autopar.cost.estimate import GB, Estimate, Workload
 from autopar.cost.layers import LayerTable, layer_costs
+from autopar.profile.profiler import profile_recipe
 from autopar.profile.types import ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Sync
@@ -99,7 +100,6 @@ class CostModel:
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
-        from autopar.profile.profiler import profile_recipe  # the profiler traces on torch: only when not given
 
         profile = profile or profile_recipe(recipe)
         return cls(profile, Workload.from_recipe(recipe, profile), cluster, eff)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import resource
 import time
+import traceback
 from typing import Optional
 
 import torch
@@ -111,7 +112,6 @@ def _worker(w: int, k: int, mdef: ModelDef, recipe: Recipe, precision: Precision
             losses[w, step] = loss.item()
             times[w, step] = time.perf_counter() - start
     except BaseException:  # noqa: BLE001 - report and fail this worker; the parent raises
-        import traceback
 
         traceback.print_exc()
         os._exit(1)
