@@ -8,7 +8,6 @@ from pathlib import Path
 
 import yaml
 
-from autopar.calibrate.cluster import measure_cluster
 from autopar.cli.progress import bar
 from autopar.errors import InputError
 
@@ -21,12 +20,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise InputError("--out", str(out), "is a directory; give a file path")
     if not out.parent.exists():
         raise InputError("--out", str(out), f"its folder {out.parent} does not exist")
+
+    # Imported here: measuring loads torch.distributed and the runtime, which planning commands must not.
+    from autopar.calibrate.cluster import measure_cluster
 
     data = measure_cluster(quick=args.quick, on_progress=bar)
     text = yaml.safe_dump(data, sort_keys=False)
