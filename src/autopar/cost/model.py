@@ -117,7 +117,7 @@ class CostModel:
         est = self._evaluate(s, table, counts, m, topo, rate)
         if not est.fits and s.pp > 1 and s.virtual_stages == 1 and s.stages is None and self._relayout_may_fit(s, table, counts, m, topo):
             # the time-balanced cut does not fit: cut again, balancing time under a memory cap
-            lean = pipeline_cost.memory_layout(table, self.profile.stack, s.pp, self._state_bytes_per_param(s),
+            lean = pipeline_cost.memory_layout(table, self.profile.cuts, s.pp, self._state_bytes_per_param(s),
                                                self._in_flight(s, m), self._capacity(s) - self.reserve_bytes)
             if lean is not None and lean != counts:
                 other = self._evaluate(s, table, lean, m, topo, rate)
@@ -316,7 +316,7 @@ class CostModel:
             return None
         if s.stages is not None:
             return s.stages
-        runs = pipeline_cost.block_runs(table.times, self.profile.stack)
+        runs = pipeline_cost.block_runs(table.times, self.profile.cuts)
         ref = max(t for t, _ in runs) or 1.0
         key = (chunks, tuple((round(t / ref, 4), n) for t, n in runs))  # shared by tables of the same shape
         if key not in self._layouts:
@@ -335,7 +335,7 @@ class CostModel:
         key = (id(table), counts, s.pp, s.virtual_stages, topo.pp_crosses_nodes, topo.used_per_node, s.tp, s.sequence_parallel)
         found = self._ranks.get(key)
         if found is None:
-            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.stack, self.n_layers)
+            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers)
             ranks = [self._rank(s, table, chunks, topo) for chunks in ranges]
             chunk_max = max(table.range_time(a, e) for chunks in ranges for a, e in chunks) if s.virtual_stages > 1 else 0.0
             found = self._ranks[key] = RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks),

@@ -14,6 +14,9 @@ runs its own initialisation, on the device, after torch.manual_seed(seed).
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -79,6 +82,7 @@ class ModelDef:
     feature_layer: Optional[str] = None  # Linear split by data_partition=features
     tp_units: tuple[int, ...] = ()  # the tensor-parallel degree must divide each (heads, kv heads, widths)
     init: Optional[InitScheme] = None  # built-ins: drawn per parameter by models/init.py; None: the module's own
+    active_params: Optional[int] = None  # mixture of experts: parameters one token uses (models/hf.active_params)
 
 
 _BUILTIN = (GPTSpec, LlamaSpec, MLPSpec, CNNSpec, WideLinearSpec)
@@ -166,17 +170,67 @@ def _build_user(spec: ModuleSpec) -> ModelDef:
         raise InputError("model.kwargs", spec.kwargs, f"factory {spec.module} raised {type(err).__name__}: {err}") from None
     if not isinstance(module, nn.Module):
         raise InputError("model.module", spec.module, f"factory returned {type(module).__name__}, expected an nn.Module")
-    inputs = tuple(TensorSpec(tuple(i.shape), _DTYPES[i.dtype], i.high) for i in spec.inputs)
+    inputs = tuple(TensorSpec(tuple(i.shape), _DTYPES[i.dtype], i.high) for i in spec.input_specs)
     target = TensorSpec(tuple(spec.target.shape), _DTYPES[spec.target.dtype], spec.target.high) if spec.target else None
     plan = module.tp_plan() if callable(getattr(module, "tp_plan", None)) else None
-    return ModelDef(module, inputs, target, user_loss, spec.module.rsplit(":", 1)[-1], tp_plan=plan)
+    name = spec.module.rsplit(":", 1)[-1]
+    if spec.input_names is not None:
+        module = KeywordInputs(module, spec.input_names)
+        plan = {f"module.{pattern}": style for pattern, style in plan.items()} if plan else None
+    return ModelDef(module, inputs, target, user_loss, name, tp_plan=plan)
+
+
+class KeywordInputs(nn.Module):
+    """Adapter for a module whose forward takes named inputs: forward(*tensors) calls
+    module(**{name: tensor}), or module({name: tensor}) when forward takes one argument
+    that is not among the names. Parameter names gain the prefix "module."."""
+
+    def __init__(self, module: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.module = module
+        self.names = names
+        self.as_dict = _takes_dict(module, names)
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        from autopar.profile.trace import meta_kernels, model_errors
+
+        named = dict(zip(self.names, tensors))
+        on_meta = any(t.is_meta for t in tensors)
+        with model_errors(self) if on_meta else nullcontext(), meta_kernels() if on_meta else nullcontext():
+            return self.module(named) if self.as_dict else self.module(**named)
+
+
+def _takes_dict(module: nn.Module, names: tuple[str, ...]) -> bool:
+    """True: forward(batch) takes the dict; False: forward(**named). InputError if neither fits."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # no signature to read (a C extension): pass keywords
+        return False
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return False
+    keywords = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if set(names) <= keywords:
+        return False
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in params.values() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if len(positional) >= 1 and len(required) <= 1 and not (set(names) & keywords):
+        return True
+    missing = sorted(set(names) - keywords)
+    raise InputError("model.inputs", list(names), f"{type(module).__name__}.forward{inspect.signature(module.forward)} "
+                     f"takes no argument {', '.join(missing)}; name the inputs after its parameters, or give one dict parameter")
 
 
 def user_loss(output: Any, target: Optional[torch.Tensor]) -> torch.Tensor:
-    """Loss of a user module: cross-entropy for integer targets, MSE for float targets,
-    the output itself if it is a scalar, else the mean square of the output."""
+    """Loss of a user module. A dict / transformers ModelOutput output gives its `loss` if
+    it has one, else its `logits` are the output. Then: cross-entropy for integer targets
+    (over the last dim), MSE for float targets, the output itself if it is a scalar,
+    else the mean square of the output."""
     from autopar.models.attention import at_least_fp32
 
+    if isinstance(output, Mapping):
+        if output.get("loss") is not None:
+            return at_least_fp32(output["loss"])
+        output = output["logits"] if output.get("logits") is not None else next(iter(output.values()))
     out = output[0] if isinstance(output, (tuple, list)) else output
     if target is None:
         return out if out.dim() == 0 else at_least_fp32(out).pow(2).mean()
@@ -208,7 +262,14 @@ def synthetic_batch(mdef: ModelDef, batch: int, seed: int, device: str | torch.d
         return inputs, None
     if str(device) == "meta" or mdef.target.is_float:
         return inputs, make(mdef.target)
-    return inputs, _learnable_target(inputs[0], mdef.target).to(device)
+    return inputs, _learnable_target(_target_source(inputs, mdef.target), mdef.target).to(device)
+
+
+def _target_source(inputs: tuple[torch.Tensor, ...], ts: TensorSpec) -> torch.Tensor:
+    """The input a target is a function of: the last token input shaped like the target
+    (a seq2seq model's decoder tokens), else the first input."""
+    same = [x for x in inputs if not x.dtype.is_floating_point and tuple(x.shape[1:]) == ts.shape]
+    return same[-1] if same else inputs[0]
 
 
 _TARGET_SEED = 1234  # fixed: the target function must not change with the batch seed

@@ -88,6 +88,7 @@ class DecoderLM(nn.Module):
     drawn by autopar.models.init (GPT-2's), not by the constructor."""
 
     init_scheme = InitScheme.GPT2
+    block_stacks = ("layers",)  # the stack a pipeline cuts and recomputation checkpoints (profile/structure.py)
 
     def __init__(self, embed: nn.Module, blocks: list, head: NormHead, tie_embeddings: bool):
         super().__init__()

@@ -67,6 +67,7 @@ def stage_of_blocks(depth: int) -> list[int]:
 
 class CNN(nn.Module):
     init_scheme = InitScheme.TORCH_DEFAULT  # drawn by autopar.models.init
+    block_stacks = ("layers",)  # the stack a pipeline cuts and recomputation checkpoints (profile/structure.py)
 
     def __init__(self, spec: CNNSpec):
         super().__init__()

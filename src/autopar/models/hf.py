@@ -1,47 +1,224 @@
-"""Hugging Face transformers models, built offline from a config class (nothing downloaded)."""
+"""Hugging Face transformers models, built offline from a config class (nothing downloaded).
+
+One wrapper per task turns a transformers model into what the rest of autopar
+expects: forward(*tensors) -> logits, the loss of the recipe's task:
+  causal_lm, masked_lm    tokens (B, T)                      -> logits (B, T, V), token cross-entropy
+  seq2seq_lm              tokens (B, T), decoder tokens (B, U) -> logits (B, U, V), token cross-entropy
+  sequence_classification tokens (B, T)                      -> logits (B, classes), cross-entropy
+  image_classification    pixels (B, C, S, S)                -> logits (B, classes), cross-entropy
+Every wrapper holds the transformers model as `self.model`: parameter names are the
+library's, prefixed "model.". Attention is built as "sdpa" where the class offers it
+(profiled as the fused kernel, see profile/trace.py), else the library's default.
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any, Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autopar.errors import InputError
 from autopar.spec.recipe import TransformersSpec
 
 
-class CausalLMLogits(nn.Module):
-    """Wraps a transformers causal LM so forward(tokens) returns logits (B, T, V)."""
+def output_logits(out: Any) -> torch.Tensor:
+    """The logits of a transformers ModelOutput (or of any dict / tuple / tensor output)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if hasattr(out, "get") else None
+    if logits is not None:
+        return logits
+    if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple"):
+        return out[0]
+    raise TypeError(f"{type(out).__name__} has no logits")
+
+
+class _TaskWrapper(nn.Module):
+    """Holds the transformers model; on meta, failures become InputErrors naming the module."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
+    def _run(self, first: torch.Tensor, **kwargs) -> torch.Tensor:
+        from autopar.profile.trace import meta_kernels, model_errors
+
+        guard = model_errors(self) if first.is_meta else nullcontext()
+        kernels = meta_kernels() if first.is_meta else nullcontext()
+        with guard, kernels:
+            return output_logits(self.model(**kwargs))
+
+
+def _causal_mask(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # An explicit 4-D additive causal mask (B, 1, T, T): transformers then skips the data-dependent
+    # mask analysis (padding, packed sequences) that cannot run on the meta device.
+    B, T = tokens.shape
+    causal = torch.full((T, T), float("-inf"), device=tokens.device, dtype=dtype).triu(1)
+    return causal.expand(B, 1, T, T)
+
+
+class CausalLMLogits(_TaskWrapper):
+    """forward(tokens (B, T)) -> next-token logits (B, T, V)."""
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        # An explicit 4-D additive causal mask: transformers then skips the data-dependent
-        # mask analysis (padding, packed sequences) that cannot run on the meta device.
-        B, T = tokens.shape
-        dtype = next(self.model.parameters()).dtype
-        causal = torch.full((T, T), float("-inf"), device=tokens.device, dtype=dtype).triu(1)
-        mask = causal.expand(B, 1, T, T)
-        return self.model(input_ids=tokens, attention_mask=mask, use_cache=False).logits
+        mask = _causal_mask(tokens, next(self.model.parameters()).dtype)
+        return self._run(tokens, input_ids=tokens, attention_mask=mask, use_cache=False)
+
+
+class MaskedLMLogits(_TaskWrapper):
+    """forward(tokens (B, T)) -> per-token logits (B, T, V), bidirectional attention."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, input_ids=tokens)
+
+
+class Seq2SeqLMLogits(_TaskWrapper):
+    """forward(tokens (B, T), decoder tokens (B, U)) -> decoder logits (B, U, V)."""
+
+    def forward(self, tokens: torch.Tensor, decoder_tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, input_ids=tokens, decoder_input_ids=decoder_tokens, use_cache=False)
+
+
+class SequenceClassifierLogits(_TaskWrapper):
+    """forward(tokens (B, T)) -> class logits (B, classes)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, input_ids=tokens)
+
+
+class ImageClassifierLogits(_TaskWrapper):
+    """forward(pixels (B, C, S, S)) -> class logits (B, classes)."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._run(pixels, pixel_values=pixels)
+
+
+_WRAPPERS = {
+    "causal_lm": CausalLMLogits,
+    "masked_lm": MaskedLMLogits,
+    "seq2seq_lm": Seq2SeqLMLogits,
+    "sequence_classification": SequenceClassifierLogits,
+    "image_classification": ImageClassifierLogits,
+}
 
 
 def build_transformers(spec: TransformersSpec):
-    from autopar.models import ModelDef, TensorSpec
-    from autopar.models.attention import token_cross_entropy
+    from autopar.models import ModelDef
 
+    transformers = _import_transformers(spec)
+    config_cls = getattr(transformers, spec.config_name, None)
+    if config_cls is None or not isinstance(config_cls, type):
+        raise InputError("model.transformers.config", spec.config_name, "not a transformers config class, e.g. LlamaConfig or GPT2Config")
+    auto = getattr(transformers, spec.auto_class, None)
+    if auto is None or not hasattr(auto, "from_config"):
+        raise InputError("model.transformers.auto_class", spec.auto_class, "not a transformers auto class, e.g. AutoModelForMaskedLM")
+    try:
+        config = config_cls(**spec.config_kwargs)
+    except Exception as err:  # noqa: BLE001 - report the library's complaint in one line
+        raise InputError("model.transformers", spec.config_kwargs, f"{spec.config_name} rejected it ({type(err).__name__}: {err})") from None
+    model = _from_config(auto, config, spec)
+    inputs, target, loss = _task_io(spec, config)
+    return ModelDef(_WRAPPERS[spec.task](model), inputs, target, loss, spec.config_name, active_params=active_params(model, config))
+
+
+def _import_transformers(spec: TransformersSpec):
     try:
         import transformers
     except ImportError:
         raise InputError("model.transformers", spec.config_name, "needs the optional extra: pip install 'autopar[transformers]'") from None
-    config_cls = getattr(transformers, spec.config_name, None)
-    if config_cls is None:
-        raise InputError("model.transformers.config", spec.config_name, "not a transformers config class, e.g. LlamaConfig or GPT2Config")
+    return transformers
+
+
+def _from_config(auto, config, spec: TransformersSpec) -> nn.Module:
+    """Build with fused (sdpa) attention; silently the library's default where the class lacks it."""
+    attn = {} if "attn_implementation" in spec.config_kwargs else {"attn_implementation": "sdpa"}
     try:
-        config = config_cls(**spec.config_kwargs)
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    except Exception as err:  # noqa: BLE001 - report the library's complaint in one line
-        raise InputError("model.transformers", spec.config_kwargs, f"{spec.config_name} rejected it ({type(err).__name__}: {err})") from None
-    vocab = int(config.vocab_size)
+        return auto.from_config(config, **attn)
+    except (ValueError, ImportError) as err:
+        if attn and ("sdpa" in str(err) or "scaled_dot_product_attention" in str(err)):
+            return _from_config_plain(auto, config, spec)
+        raise _rejected(spec, config, err) from None
+    except Exception as err:  # noqa: BLE001 - e.g. a config this auto class has no model for
+        raise _rejected(spec, config, err) from None
+
+
+def _from_config_plain(auto, config, spec: TransformersSpec) -> nn.Module:
+    try:
+        return auto.from_config(config)
+    except Exception as err:  # noqa: BLE001
+        raise _rejected(spec, config, err) from None
+
+
+def _rejected(spec: TransformersSpec, config, err: Exception) -> InputError:
+    msg = " ".join(str(err).split())
+    msg = msg if len(msg) <= 200 else msg[:197] + "..."
+    return InputError("model.transformers.task", spec.task,
+                      f"{spec.auto_class} cannot build {type(config).__name__} ({type(err).__name__}: {msg}); pick a task this model has")
+
+
+def _task_io(spec: TransformersSpec, config):
+    """Per-sample inputs, target and loss of the task."""
+    from autopar.models import TensorSpec
+    from autopar.models.attention import token_cross_entropy
+
+    task = spec.task
+    if task == "image_classification":
+        size = _config_int(config, "image_size", spec)
+        channels = int(getattr(config, "num_channels", 3))
+        pixels = TensorSpec((channels, size, size), torch.float32)
+        return (pixels,), TensorSpec((), torch.int64, high=int(config.num_labels)), F.cross_entropy
+    vocab = _config_int(config, "vocab_size", spec)
     tokens = TensorSpec((spec.seq_len,), torch.int64, high=vocab)
-    return ModelDef(CausalLMLogits(model), (tokens,), tokens, token_cross_entropy, spec.config_name)
+    if task == "sequence_classification":
+        return (tokens,), TensorSpec((), torch.int64, high=int(config.num_labels)), F.cross_entropy
+    if task == "seq2seq_lm":
+        decoder = TensorSpec((spec.target_len,), torch.int64, high=vocab)
+        return (tokens, decoder), decoder, token_cross_entropy
+    return (tokens,), tokens, token_cross_entropy
+
+
+def _config_int(config, name: str, spec: TransformersSpec) -> int:
+    value = getattr(config, name, None)
+    if isinstance(value, (list, tuple)):  # some configs give (height, width)
+        value = value[0]
+    if not isinstance(value, int):
+        raise InputError(f"model.transformers.{name}", value, f"{spec.config_name} has no integer {name}; set it, or pick another task")
+    return value
+
+
+# ----------------------------------------------------------- mixture of experts
+
+_EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k")
+
+
+def moe_shape(config) -> Optional[tuple[int, int]]:
+    """(experts, experts each token is routed to) of a transformers MoE config; None if dense."""
+    experts = next((getattr(config, k) for k in _EXPERT_COUNT_KEYS if isinstance(getattr(config, k, None), int)), None)
+    top_k = next((getattr(config, k) for k in _TOP_K_KEYS if isinstance(getattr(config, k, None), int)), None)
+    if not experts or not top_k or experts <= 1:
+        return None
+    return experts, top_k
+
+
+def active_params(model: nn.Module, config) -> Optional[int]:
+    """Parameters one token uses: the routed experts count top_k / experts of theirs
+    (shared experts, attention, embeddings count in full). None for a dense model.
+    Routed expert weights are those under an `experts` module (transformers' naming)."""
+    shape = moe_shape(config)
+    if shape is None:
+        return None
+    experts, top_k = shape
+    seen: set[int] = set()
+    total = routed = 0
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if ".experts." in f".{name}":
+            routed += p.numel()
+    return total - routed + (routed * top_k) // experts

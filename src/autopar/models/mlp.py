@@ -21,6 +21,7 @@ class Dense(nn.Module):
 
 class MLP(nn.Module):
     init_scheme = InitScheme.TORCH_DEFAULT  # drawn by autopar.models.init
+    block_stacks = ("layers",)  # the stack a pipeline cuts and recomputation checkpoints (profile/structure.py)
 
     def __init__(self, spec: MLPSpec):
         super().__init__()

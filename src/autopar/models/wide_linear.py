@@ -27,6 +27,7 @@ class WideInput(nn.Module):
 
 class WideLinear(nn.Module):
     init_scheme = InitScheme.TORCH_DEFAULT  # drawn by autopar.models.init
+    block_stacks = ("layers",)  # the stack a pipeline cuts and recomputation checkpoints (profile/structure.py)
 
     def __init__(self, spec: WideLinearSpec):
         super().__init__()

@@ -20,6 +20,7 @@ from autopar.models.gpt import GPT
 from autopar.models.llama import Llama
 from autopar.models.mlp import MLP
 from autopar.models.wide_linear import WideLinear
+from autopar.profile.structure import Split
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ModelFacts:
     """What the rules need to know about a model (no weights)."""
 
     name: str
-    layers: int  # blocks of the top-level `layers` stack a pipeline can cut between; 0: none
+    layers: int  # blocks a pipeline can cut between (those of every stack); 0: none
     tp_plan: tuple[tuple[str, str], ...]  # (module-name pattern, TPStyle value): declared, else the Linear pairs found
     tp_units: tuple[tuple[str, int], ...]  # (what, size): tp must divide each size
     seq_len: Optional[int]  # transformers (gpt, llama) only: the dimension sequence parallelism splits
@@ -44,6 +45,10 @@ class ModelFacts:
     hidden_widths: tuple[int, ...]  # widths of the hidden groups subnet training partitions
     attention_cores: int  # CoreAttention modules (what selective recompute recomputes)
     mlp_layers: bool = False  # a layer made only of column/row Linear pairs (where the cost model prices subnet)
+    stacks: tuple[str, ...] = ()  # containers of the repeated blocks (profile/structure.py)
+    blocks: tuple[str, ...] = ()  # the blocks' module names, in execution order
+    pipeline_split: str = ""  # how a pipeline cuts it: "chain" (hand-cut slices) or "graph" (traced); "": it cannot
+    pipeline_problem: Optional[str] = None  # why it cannot
 
     @property
     def has_tp_plan(self) -> bool:
@@ -55,17 +60,20 @@ class ModelFacts:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelFacts":
         return cls(**{**d, "tp_plan": tuple(tuple(x) for x in d["tp_plan"]), "tp_units": tuple(tuple(x) for x in d["tp_units"]),
-                      "hidden_widths": tuple(d["hidden_widths"])})
+                      "hidden_widths": tuple(d["hidden_widths"]), "stacks": tuple(d.get("stacks", ())),
+                      "blocks": tuple(d.get("blocks", ()))})
 
 
 def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: Optional[int], head_units: tuple[tuple[str, int], ...],
-                feature_layer: Optional[str], blocks: int, mlp_layers: bool) -> ModelFacts:
+                feature_layer: Optional[str], blocks: tuple[str, ...], mlp_layers: bool, stacks: tuple[str, ...],
+                split: Optional[Split]) -> ModelFacts:
     """Facts of `module` (any device; meta allocates nothing). `tp_plan` is the declared
-    plan or the one the profiler detected; `blocks` the contiguous pipeline blocks found."""
+    plan or the one the profiler detected; `blocks` the blocks of `stacks` the profile found;
+    `split` how a pipeline cuts them (profile/structure.py)."""
     feature = module.get_submodule(feature_layer) if feature_layer else None
     return ModelFacts(
         name=name,
-        layers=blocks,
+        layers=len(blocks),
         tp_plan=tuple(tp_plan.items()),
         tp_units=head_units + _planned_units(module, tp_plan),
         seq_len=seq_len,
@@ -73,6 +81,10 @@ def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: 
         hidden_widths=tuple(g.width for g in hidden_groups(module)),
         attention_cores=sum(isinstance(m, CoreAttention) for m in module.modules()),
         mlp_layers=mlp_layers,
+        stacks=stacks,
+        blocks=blocks,
+        pipeline_split=split.kind if split else "",
+        pipeline_problem=split.problem if split else "it has no stack of repeated blocks (name one with model.blocks: PATH)",
     )
 
 

@@ -18,14 +18,15 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from autopar.models import ModelDef, build_model, synthetic_batch
+from autopar.errors import InputError
 from autopar.profile.facts import model_facts
+from autopar.profile.structure import CONTAINERS, block_indices, find_stacks, placeable_layers, split_of
 from autopar.profile.tp_pairs import find_linear_pairs
 from autopar.profile.trace import LayerTracer, is_marked, set_mark, tensors_in
 from autopar.profile.types import LayerProfile, LayerStats, ModelProfile, is_mlp_layer
 from autopar.spec.enums import Precision, TPStyle
 from autopar.spec.recipe import GPTSpec, LlamaSpec, ModelSpec, Recipe
 
-_CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 PROFILE_BATCH = 2  # > 1 so batch-statistics layers work; results are divided by it
 
 
@@ -50,36 +51,20 @@ def profile_model(spec: ModelSpec, precision: Precision = Precision.BF16, batch:
 # ------------------------------------------------------------ layer discovery
 
 
-def _is_stack(mod: nn.Module) -> bool:
-    """A container of >= 2 structurally identical modules (the repeated blocks)."""
-    if not isinstance(mod, _CONTAINERS) or len(mod) < 2:
-        return False
-    shapes = {_structure(child) for child in mod.children()}
-    return len(shapes) < len(mod)
-
-
 def _structure(mod: nn.Module) -> tuple:
     return (type(mod).__qualname__, tuple((n, tuple(p.shape)) for n, p in mod.named_parameters()))
 
 
-def _holds_stack(mod: nn.Module) -> bool:
-    return any(_is_stack(m) for m in mod.modules())
-
-
-def placeable_layers(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The units a pipeline may cut between: the root's children, with containers and
-    modules holding the repeated-block stack expanded (e.g. embed, layers.0..L-1, head)."""
-    out: list[tuple[str, nn.Module]] = []
-
-    def visit(prefix: str, mod: nn.Module, expand: bool) -> None:
-        if not expand:
-            out.append((prefix, mod))
-            return
-        for name, child in mod.named_children():
-            visit(f"{prefix}.{name}" if prefix else name, child, isinstance(child, _CONTAINERS) or _holds_stack(child))
-
-    visit("", root, True)
-    return out or [("", root)]
+def stacks_of(mdef: ModelDef, spec: Optional[ModelSpec]) -> tuple[str, ...]:
+    """The model's stacks of repeated blocks: named by the recipe, declared by the model, or found."""
+    named = getattr(spec, "blocks", None)
+    named = [named] if isinstance(named, str) else named or getattr(type(mdef.module), "block_stacks", None)
+    try:
+        return find_stacks(mdef.module, named)
+    except LookupError as err:
+        containers = [n for n, m in mdef.module.named_modules() if isinstance(m, CONTAINERS) and n][:8]
+        raise InputError("model.blocks", str(err.args[0]), f"no container of blocks at that path; containers here: "
+                                                             f"{', '.join(containers) or 'none'}") from None
 
 
 # --------------------------------------------------------------- capture pass
@@ -274,7 +259,8 @@ def _candidates(layer: nn.Module, cores: set[int]) -> tuple[tuple[str, str], ...
 def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATCH, spec: Optional[ModelSpec] = None) -> ModelProfile:
     """`spec` gives the facts only a recipe knows (the sequence length); without it they are unknown."""
     root = mdef.module
-    layers = placeable_layers(root)
+    stacks = stacks_of(mdef, spec)
+    layers = placeable_layers(root, stacks)
     calls, order, output, target = _capture(mdef, layers, batch, dtype)
     by_name = dict(layers)
     module_names = {id(m): n for n, m in root.named_modules()}
@@ -308,11 +294,13 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         marked = marked_out
     if not loss_on_last:
         notes.append("the model's output is not its last layer's output: the loss is not costed")
-    stack = _stack(root, [p.name for p in profiles])
+    names = [p.name for p in profiles]
+    cuts = block_indices(names, stacks)
+    split = split_of(root, stacks, synthetic_batch(mdef, batch, seed=0, device="meta", float_dtype=dtype)[0]) if cuts else None
     plan = dict(mdef.tp_plan) if mdef.tp_plan is not None else detected
     facts = model_facts(root, mdef.name, plan, spec.seq_len if isinstance(spec, (GPTSpec, LlamaSpec)) else None,
-                        _head_units(spec), mdef.feature_layer, stack[1] if stack else 0,
-                        any(is_mlp_layer(p.stats) for p in profiles))
+                        _head_units(spec), mdef.feature_layer, tuple(names[i] for i in cuts),
+                        any(is_mlp_layer(p.stats) for p in profiles), stacks, split)
     return ModelProfile(
         model=mdef.name,
         layers=tuple(profiles),
@@ -323,7 +311,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         feature_dim=_feature_dim(root, mdef.feature_layer),
         profiled_batch=batch,
         notes=tuple(notes),
-        stack=stack,
+        cuts=cuts or None,
         facts=facts,
     )
 
@@ -335,18 +323,6 @@ def _head_units(spec: Optional[ModelSpec]) -> tuple[tuple[str, int], ...]:
     if isinstance(spec, GPTSpec):
         return (("heads", spec.heads),)
     return ()
-
-
-def _stack(root: nn.Module, names: list[str]) -> Optional[tuple[int, int]]:
-    """Where the root's `layers` ModuleList sits in the profiled order, if contiguous."""
-    blocks = getattr(root, "layers", None)
-    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-        return None
-    wanted = [f"layers.{i}" for i in range(len(blocks))]
-    if wanted[0] not in names:
-        return None
-    start = names.index(wanted[0])
-    return (start, len(blocks)) if names[start:start + len(blocks)] == wanted else None
 
 
 def _idle_stats(layer: nn.Module) -> LayerStats:

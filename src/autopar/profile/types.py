@@ -93,17 +93,17 @@ class ModelProfile:
     feature_dim: int | None = None  # input features of the feature-partitioned Linear
     profiled_batch: int = 1
     notes: tuple[str, ...] = ()
-    # The repeated blocks a pipeline cuts between: layers[start:start+count] are the
-    # entries of the root's `layers` ModuleList; layers before them ride with the first
-    # stage, layers after them with the last (as Megatron-LM and torchtitan place the
-    # embedding and the head). None: the model has no such list and cannot be pipelined.
-    stack: Optional[tuple[int, int]] = None
+    # The blocks a pipeline cuts between (profile/structure.py): indices into `layers` of
+    # the blocks of every stack, in execution order. A stage starts at a block; layers
+    # before the first block ride with it (the embedding), layers after a block with it
+    # (the head with the last), as Megatron-LM and torchtitan place them. None: no blocks.
+    cuts: Optional[tuple[int, ...]] = None
     # What the techniques' rules read of the model, found on the build profiled here.
     facts: Optional[ModelFacts] = None
 
     @property
     def pipeline_blocks(self) -> int:
-        return self.stack[1] if self.stack else 0
+        return len(self.cuts) if self.cuts else 0
 
     @property
     def forward_flops(self) -> float:
@@ -148,7 +148,7 @@ class ModelProfile:
             "feature_dim": self.feature_dim,
             "profiled_batch": self.profiled_batch,
             "notes": list(self.notes),
-            "stack": list(self.stack) if self.stack else None,
+            "cuts": list(self.cuts) if self.cuts else None,
             "facts": self.facts.to_dict() if self.facts else None,
         }
 
@@ -165,7 +165,7 @@ class ModelProfile:
         return cls(model=d["model"], layers=tuple(layers), dtype_bytes=d["dtype_bytes"], params=d["params"],
                    sample_bytes=d["sample_bytes"], tp_units=tuple(d.get("tp_units", ())), feature_dim=d.get("feature_dim"),
                    profiled_batch=d.get("profiled_batch", 1), notes=tuple(d.get("notes", ())),
-                   stack=tuple(d["stack"]) if d.get("stack") else None,
+                   cuts=tuple(d["cuts"]) if d.get("cuts") else None,
                    facts=ModelFacts.from_dict(d["facts"]) if d.get("facts") else None)
 
 

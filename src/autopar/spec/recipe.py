@@ -124,23 +124,76 @@ class InputSpec(_Spec):
 
 
 class ModuleSpec(_Spec):
-    """Any user nn.Module: `module: "package.module:factory"`, called with `kwargs`."""
+    """Any user nn.Module: `module: "package.module:factory"`, called with `kwargs`.
+
+    `inputs` is a list (forward(*tensors), in order) or a mapping name -> input: then
+    forward is called as forward(**{name: tensor}), or forward(dict) if it takes one
+    argument that is not among the names (models.KeywordInputs). The output may be a
+    tensor, a tuple (first item used), or a dict / transformers ModelOutput: its
+    `loss` if present, else its `logits`.
+    """
 
     module: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    inputs: Annotated[list[InputSpec], Field(min_length=1)]
+    inputs: Union[Annotated[list[InputSpec], Field(min_length=1)], Annotated[dict[str, InputSpec], Field(min_length=1)]]
     target: Optional[InputSpec] = None  # with a target, loss = cross-entropy (int) or MSE (float)
+
+    @property
+    def input_names(self) -> Optional[tuple[str, ...]]:
+        """Keyword names of the inputs, in order; None for positional inputs."""
+        return tuple(self.inputs) if isinstance(self.inputs, dict) else None
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return tuple(self.inputs.values()) if isinstance(self.inputs, dict) else tuple(self.inputs)
+
+
+HFTask = Literal["causal_lm", "masked_lm", "seq2seq_lm", "sequence_classification", "image_classification"]
+HF_TASKS: tuple[str, ...] = HFTask.__args__
+# The transformers auto class each task builds; `auto_class` may name one of these instead of `task`.
+HF_AUTO_CLASSES: dict[str, str] = {
+    "causal_lm": "AutoModelForCausalLM",
+    "masked_lm": "AutoModelForMaskedLM",
+    "seq2seq_lm": "AutoModelForSeq2SeqLM",
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "image_classification": "AutoModelForImageClassification",
+}
+_HF_OWN_KEYS = ("config", "seq_len", "target_len", "task", "auto_class")
 
 
 class TransformersSpec(_Spec):
-    """A Hugging Face transformers model built offline from its config class."""
+    """A Hugging Face transformers model built offline from its config class (never downloaded).
+
+    `transformers:` holds our keys; every other key is a keyword of the config class:
+      config       the config class, e.g. LlamaConfig, BertConfig, T5Config, ViTConfig
+      task         causal_lm (default) | masked_lm | seq2seq_lm | sequence_classification
+                   | image_classification: picks the inputs, the output and the loss
+      auto_class   alternatively, the auto class to build (AutoModelForSeq2SeqLM, ...);
+                   its task is implied; give both to pair another auto class with a task
+      seq_len      tokens per sample of text tasks (default 512); the encoder length of seq2seq
+      target_len   seq2seq only: decoder tokens per sample (default seq_len)
+    Image tasks read channels and image size from the config (num_channels, image_size).
+    """
 
     transformers: dict[str, Any]
 
     @model_validator(mode="after")
     def _has_config(self):
-        if not isinstance(self.transformers.get("config"), str):
+        t = self.transformers
+        if not isinstance(t.get("config"), str):
             raise ValueError("transformers.config must name a config class, e.g. LlamaConfig")
+        if "task" in t and t["task"] not in HF_TASKS:
+            raise InputError("transformers.task", t["task"], f"expected one of {', '.join(HF_TASKS)}")
+        auto = t.get("auto_class")
+        if auto is not None and not (isinstance(auto, str) and auto.startswith("AutoModel")):
+            raise InputError("transformers.auto_class", auto, "expected a transformers auto class, e.g. AutoModelForSeq2SeqLM")
+        if auto is not None and "task" not in t and auto not in HF_AUTO_CLASSES.values():
+            raise InputError("transformers.task", None, f"auto_class {auto} implies no task: add task, one of {', '.join(HF_TASKS)}")
+        for key in ("seq_len", "target_len"):
+            if key in t and not (isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] > 0):
+                raise InputError(f"transformers.{key}", t[key], "expected a positive integer (tokens per sample)")
+        if "target_len" in t and self.task != "seq2seq_lm":
+            raise InputError("transformers.target_len", t["target_len"], "only seq2seq_lm has a decoder length; remove it or set task: seq2seq_lm")
         return self
 
     @property
@@ -148,12 +201,29 @@ class TransformersSpec(_Spec):
         return self.transformers["config"]
 
     @property
+    def task(self) -> str:
+        t = self.transformers
+        if "task" in t:
+            return t["task"]
+        by_class = {cls: task for task, cls in HF_AUTO_CLASSES.items()}
+        return by_class.get(t.get("auto_class", ""), "causal_lm")
+
+    @property
+    def auto_class(self) -> str:
+        return self.transformers.get("auto_class") or HF_AUTO_CLASSES[self.task]
+
+    @property
     def seq_len(self) -> int:
         return int(self.transformers.get("seq_len", 512))
 
     @property
+    def target_len(self) -> int:
+        """Decoder tokens per sample (seq2seq); the other tasks' targets follow the inputs."""
+        return int(self.transformers.get("target_len", self.seq_len))
+
+    @property
     def config_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.transformers.items() if k not in ("config", "seq_len")}
+        return {k: v for k, v in self.transformers.items() if k not in _HF_OWN_KEYS}
 
 
 FamilySpec = Union[GPTSpec, LlamaSpec, MLPSpec, CNNSpec, WideLinearSpec]

@@ -209,30 +209,29 @@ def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virt
     return base
 
 
-def rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, stack: Optional[tuple[int, int]],
+def unit_bounds(cuts: Sequence[int], n_layers: int) -> list[tuple[int, int]]:
+    """Layers [a, e) of each block unit: a block and the layers after it until the next block;
+    the first unit starts at layer 0 (the embedding rides with the first block)."""
+    return list(zip([0, *cuts[1:]], [*cuts[1:], n_layers]))
+
+
+def rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, cuts: Optional[Sequence[int]],
                 n_layers: int) -> list[list[tuple[int, int]]]:
     """Layer ranges [start, end) of each pipeline rank; rank r holds chunks r, r + pp, ...
-    `counts` are blocks per chunk; layers before the stack join the first chunk, after it the last."""
+    `counts` are blocks per chunk (None: no pipeline, one range of every layer)."""
     if counts is None:
         return [[(0, n_layers)]]
-    offset = stack[0] if stack else 0
-    bounds, start = [], 0
+    units = unit_bounds(cuts, n_layers)
+    bounds, u = [], 0
     for c in counts:
-        bounds.append((start + offset, start + offset + c))
-        start += c
-    bounds[0] = (0, bounds[0][1])
-    bounds[-1] = (bounds[-1][0], n_layers)
+        bounds.append((units[u][0], units[u + c - 1][1]))
+        u += c
     return [[bounds[r + pp * k] for k in range(virtual)] for r in range(pp)]
 
 
-def block_runs(times: Sequence[float], stack: Optional[tuple[int, int]]) -> list[tuple[float, int]]:
-    """Per-block times as runs of equal values, the layers around the stack folded into
-    its first and last block."""
-    start, count = stack if stack else (0, len(times))
-    blocks = list(times[start:start + count])
-    blocks[0] += sum(times[:start])
-    blocks[-1] += sum(times[start + count:])
-    return run_lengths(blocks)
+def block_runs(times: Sequence[float], cuts: Sequence[int]) -> list[tuple[float, int]]:
+    """Per-block-unit times as runs of equal values."""
+    return run_lengths([sum(times[a:e]) for a, e in unit_bounds(cuts, len(times))])
 
 
 def p2p_s(chunks: list[tuple[int, int]], output_bytes: Callable[[int], float], n_layers: int, tp: int, sequence_parallel: bool,
@@ -250,19 +249,18 @@ def p2p_s(chunks: list[tuple[int, int]], output_bytes: Callable[[int], float], n
     return total
 
 
-def memory_layout(table, stack: tuple[int, int], pp: int, per_param_bytes: float, flights: Sequence[float],
+def memory_layout(table, cuts: Sequence[int], pp: int, per_param_bytes: float, flights: Sequence[float],
                   cap_bytes: float) -> Optional[tuple[int, ...]]:
     """Blocks per stage minimising the slowest stage subject to each stage's memory (states,
     activations of the micro-batches it holds in flight, its boundary buffers) fitting
     `cap_bytes`. `table` is a cost.layers.LayerTable of the whole model."""
-    start, count = stack
-    n = len(table.costs)
+    units = unit_bounds(cuts, len(table.costs))
     costs, params, acts = table.costs, table.prefix["params"], table.prefix["activation_bytes"]
-    cap = cap_bytes - table.max_working(0, n)  # the largest layer's recompute working set bounds every stage's
+    cap = cap_bytes - table.max_working(0, len(costs))  # the largest layer's recompute working set bounds every stage's
 
-    def mem(i: int, a: int, e: int) -> float:  # blocks [a, e) of stage i; the ends fold in embedding and head
-        lo, hi = (0 if a == 0 else start + a), (n if e == count else start + e)
+    def mem(i: int, a: int, e: int) -> float:  # units [a, e) in stage i
+        lo, hi = units[a][0], units[e - 1][1]
         return per_param_bytes * (params[hi] - params[lo]) + flights[i] * (acts[hi] - acts[lo]) + 2 * costs[hi - 1].output_bytes
 
-    times = [table.range_time(0 if j == 0 else start + j, n if j == count - 1 else start + j + 1) for j in range(count)]
+    times = [table.range_time(a, e) for a, e in units]
     return layout_fast(times, pp, mem, cap, rel_tol=1e-3)

@@ -14,8 +14,11 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
         if s.virtual_stages > 1:
             return f"virtual_stages({s.virtual_stages}) needs pp > 1"
         return None if s.stages is None or len(s.stages) == 1 else f"stages {'/'.join(map(str, s.stages))} given but pp(1)"
-    if r.facts.layers == 0:
-        return f"pipeline parallelism needs a model with a top-level `layers` ModuleList; {r.facts.name} has none"
+    if r.facts.layers == 0 or not r.facts.pipeline_split:
+        return f"pipeline parallelism cannot cut model {r.facts.name}: {r.facts.pipeline_problem}"
+    if s.tp > 1 and r.facts.pipeline_split == "graph":
+        return (f"tp({s.tp}) with pp({s.pp}): {r.facts.name} is cut by tracing (its forward is not a chain of its blocks), "
+                "which turns modules into interpreted graphs that tensor parallelism cannot split; use tp or pp")
     n_stages = s.pp * s.virtual_stages
     if n_stages > r.facts.layers:
         return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages > layers({r.facts.layers})"
