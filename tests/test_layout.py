@@ -71,7 +71,7 @@ def test_run_executes_the_predicted_layout(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         report = json.loads(run.stdout[run.stdout.index("{"):])
         executed = next(a for a in report["applied"] if a.startswith("pipeline("))
-        assert executed.endswith(f"layers {'/'.join(map(str, predicted))})"), (executed, predicted)
+        assert executed.endswith(f"blocks {'/'.join(map(str, predicted))})"), (executed, predicted)
         assert report["predicted"]["predicted"]["stages"] == predicted
 
 

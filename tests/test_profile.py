@@ -108,7 +108,6 @@ def test_generic_tp_plan_names_the_pairs_of_any_module():
 
 
 def test_transformers_llama_config_profiles_on_meta():
-    pytest.importorskip("transformers")
     spec = _model(transformers={"config": "LlamaConfig", "seq_len": 64, "hidden_size": 256, "intermediate_size": 688,
                                 "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000})
     prof = profile_model(spec)
@@ -116,4 +115,6 @@ def test_transformers_llama_config_profiles_on_meta():
     per_layer = h * h + 2 * h * kv + h * h + 3 * h * ffn + 2 * h
     assert prof.params == L * per_layer + 2 * V * h + h
     block = next(lp.stats for lp in prof.layers if lp.stats.kind == "LlamaDecoderLayer")
-    assert dict(block.tp_styles) == {"mlp.gate_proj": "colwise", "mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}
+    assert dict(block.tp_styles) == {"self_attn.q_proj": "colwise", "self_attn.k_proj": "colwise", "self_attn.v_proj": "colwise",
+                                     "self_attn.o_proj": "rowwise", "mlp.gate_proj": "colwise", "mlp.up_proj": "colwise",
+                                     "mlp.down_proj": "rowwise"}  # transformers' own plan (config.base_model_tp_plan)

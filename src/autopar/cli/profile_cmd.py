@@ -40,9 +40,27 @@ def run(args) -> int:
     print(f"\ntotal: {si(t['params'])} params, forward {si(t['forward_flops'] * scale, 'FLOP')}, "
           f"backward {si(t['backward_flops'] * scale, 'FLOP')}, activations saved {nbytes(t['saved_activation_bytes'] * scale)}, "
           f"input data {nbytes(t['sample_bytes'] * scale)}")
+    for line in structure_lines(profile.facts):
+        print(line)
     for note in profile.notes:
         print(f"note: {note}")
     return 0
+
+
+def structure_lines(facts) -> list[str]:
+    """Where the blocks are, how a pipeline cuts them, what tensor parallelism splits."""
+    stacks = ", ".join(facts.stacks) or "none (name one with model.blocks: PATH)"
+    lines = [f"blocks: {facts.layers} in {stacks}"]
+    if facts.pipeline_split == "chain":
+        lines.append("pipeline: cut between blocks (the forward is a chain of the top-level modules)")
+    elif facts.pipeline_split == "graph":
+        skip = f"; a tensor skips {facts.pipeline_skip}+ blocks, so pp <= 2" if facts.pipeline_skip > 1 else ""
+        lines.append(f"pipeline: traced and cut at blocks, tensors that cross a cut are sent along (gpipe, 1f1b){skip}")
+    else:
+        lines.append(f"pipeline: none ({facts.pipeline_problem})")
+    plan = ", ".join(f"{pattern}:{style}" for pattern, style in facts.tp_plan) or "none found"
+    lines.append(f"tensor-parallel plan: {_short(plan, 400)}")
+    return lines
 
 
 def _runs(layers):

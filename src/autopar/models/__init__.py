@@ -82,6 +82,7 @@ class ModelDef:
     feature_layer: Optional[str] = None  # Linear split by data_partition=features
     tp_units: tuple[int, ...] = ()  # the tensor-parallel degree must divide each (heads, kv heads, widths)
     init: Optional[InitScheme] = None  # built-ins: drawn per parameter by models/init.py; None: the module's own
+    head_units: tuple[tuple[str, int], ...] = ()  # (what, heads) a tensor-parallel degree must divide
     active_params: Optional[int] = None  # mixture of experts: parameters one token uses (models/hf.active_params)
 
 
@@ -176,18 +177,19 @@ def _build_user(spec: ModuleSpec) -> ModelDef:
     name = spec.module.rsplit(":", 1)[-1]
     if spec.input_names is not None:
         module = KeywordInputs(module, spec.input_names)
-        plan = {f"module.{pattern}": style for pattern, style in plan.items()} if plan else None
+        plan = {f"inner.{pattern}": style for pattern, style in plan.items()} if plan else None
     return ModelDef(module, inputs, target, user_loss, name, tp_plan=plan)
 
 
 class KeywordInputs(nn.Module):
     """Adapter for a module whose forward takes named inputs: forward(*tensors) calls
     module(**{name: tensor}), or module({name: tensor}) when forward takes one argument
-    that is not among the names. Parameter names gain the prefix "module."."""
+    that is not among the names. Parameter names gain the prefix "inner." (not "module.",
+    which names DDP's wrapped module)."""
 
     def __init__(self, module: nn.Module, names: tuple[str, ...]):
         super().__init__()
-        self.module = module
+        self.inner = module
         self.names = names
         self.as_dict = _takes_dict(module, names)
 
@@ -197,7 +199,7 @@ class KeywordInputs(nn.Module):
         named = dict(zip(self.names, tensors))
         on_meta = any(t.is_meta for t in tensors)
         with model_errors(self) if on_meta else nullcontext(), meta_kernels() if on_meta else nullcontext():
-            return self.module(named) if self.as_dict else self.module(**named)
+            return self.inner(named) if self.as_dict else self.inner(**named)
 
 
 def _takes_dict(module: nn.Module, names: tuple[str, ...]) -> bool:

@@ -14,6 +14,7 @@ library's, prefixed "model.". Attention is built as "sdpa" where the class offer
 from __future__ import annotations
 
 from contextlib import nullcontext
+from fnmatch import fnmatch
 from typing import Any, Optional
 
 import torch
@@ -48,8 +49,21 @@ class _TaskWrapper(nn.Module):
 
         guard = model_errors(self) if first.is_meta else nullcontext()
         kernels = meta_kernels() if first.is_meta else nullcontext()
+        if not first.is_meta:
+            _experts_for_dtype(self.model)
         with guard, kernels:
             return output_logits(self.model(**kwargs))
+
+
+def _experts_for_dtype(model: nn.Module) -> None:
+    """torch._grouped_mm, transformers' default mixture-of-experts kernel, has no float64
+    kernel: a float64 model (our equivalence tests) runs the library's per-expert loop,
+    the same function. Profiling on meta keeps grouped_mm (no value-dependent routing)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_experts_implementation", None) != "grouped_mm":
+        return
+    if next(model.parameters()).dtype == torch.float64:
+        model.set_experts_implementation("eager")
 
 
 def _causal_mask(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -121,7 +135,37 @@ def build_transformers(spec: TransformersSpec):
         raise InputError("model.transformers", spec.config_kwargs, f"{spec.config_name} rejected it ({type(err).__name__}: {err})") from None
     model = _from_config(auto, config, spec)
     inputs, target, loss = _task_io(spec, config)
-    return ModelDef(_WRAPPERS[spec.task](model), inputs, target, loss, spec.config_name, active_params=active_params(model, config))
+    wrapper = _WRAPPERS[spec.task](model)
+    plan = library_tp_plan(wrapper, config)
+    return ModelDef(wrapper, inputs, target, loss, spec.config_name, tp_plan=plan, active_params=active_params(model, config),
+                    head_units=_head_units(config) if plan else ())
+
+
+_LINEAR_STYLES = {"colwise": "colwise", "rowwise": "rowwise"}  # transformers' names -> ours (TPStyle)
+
+
+def library_tp_plan(wrapper: nn.Module, config) -> Optional[dict[str, str]]:
+    """transformers' own tensor-parallel plan (config.base_model_tp_plan: attention q/k/v
+    column, o row; MLP gate/up column, down row), as patterns over the wrapper's names;
+    only its column/row entries on nn.Linear modules (packed expert weights and the
+    library's other styles are left whole). None where the library has no plan: then the
+    profiler's Linear pairs are used."""
+    plan = getattr(config, "base_model_tp_plan", None) or {}
+    prefix = f"model.{wrapper.model.base_model_prefix}." if getattr(wrapper.model, "base_model_prefix", "") else "model."
+    linears = [n for n, m in wrapper.named_modules() if isinstance(m, nn.Linear)]
+    out = {}
+    for pattern, style in plan.items():
+        full = prefix + pattern
+        if style in _LINEAR_STYLES and any(fnmatch(n, full) for n in linears):
+            out[full] = _LINEAR_STYLES[style]
+    return out or None
+
+
+def _head_units(config) -> tuple[tuple[str, int], ...]:
+    """Attention heads a tensor-parallel degree must divide (each rank keeps whole heads)."""
+    heads = getattr(config, "num_attention_heads", None)
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    return tuple((k, int(v)) for k, v in (("num_attention_heads", heads), ("num_key_value_heads", kv)) if v)
 
 
 def _import_transformers(spec: TransformersSpec):

@@ -49,6 +49,8 @@ class ModelFacts:
     blocks: tuple[str, ...] = ()  # the blocks' module names, in execution order
     pipeline_split: str = ""  # how a pipeline cuts it: "chain" (hand-cut slices) or "graph" (traced); "": it cannot
     pipeline_problem: Optional[str] = None  # why it cannot
+    batch_norms: int = 0  # BatchNorm layers: their statistics follow how the batch is cut
+    pipeline_skip: int = 1  # graph split: most blocks a gradient-carrying tensor skips (structure.skip_span)
 
     @property
     def has_tp_plan(self) -> bool:
@@ -85,6 +87,8 @@ def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: 
         blocks=blocks,
         pipeline_split=split.kind if split else "",
         pipeline_problem=split.problem if split else "it has no stack of repeated blocks (name one with model.blocks: PATH)",
+        pipeline_skip=split.skip_span if split else 1,
+        batch_norms=sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()),
     )
 
 

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from autopar.models import ModelDef, build_model, synthetic_batch
 from autopar.errors import InputError
+from autopar.models import ModelDef, build_model, synthetic_batch
 from autopar.profile.facts import model_facts
 from autopar.profile.structure import CONTAINERS, block_indices, find_stacks, placeable_layers, split_of
-from autopar.profile.tp_pairs import find_linear_pairs
+from autopar.profile.tp_pairs import find_attention_split, find_linear_pairs
 from autopar.profile.trace import LayerTracer, is_marked, set_mark, tensors_in
 from autopar.profile.types import LayerProfile, LayerStats, ModelProfile, is_mlp_layer
 from autopar.spec.enums import Precision, TPStyle
@@ -91,8 +91,8 @@ def _capture(mdef: ModelDef, layers: list[tuple[str, nn.Module]], batch: int, dt
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(mod.register_forward_hook(post, with_kwargs=True))
     inputs, target = synthetic_batch(mdef, batch, seed=0, device="meta", float_dtype=dtype)
-    try:
-        with torch.no_grad():
+    try:  # with autograd on, as in training: a layer input carries a gradient only if parameters made it
+        with torch.enable_grad():
             output = mdef.module(*inputs)
     finally:
         for h in handles:
@@ -118,17 +118,29 @@ class _ShapeCache:
             key = (_structure(mod), tuple((tuple(t.shape), t.dtype) for t in tensors_in((args, kwargs))), tuple(sorted(kwargs)))
             if key not in self.outputs:
                 self.outputs[key] = forward(*args, **kwargs)
-            return tree_map(lambda t: torch.empty_like(t) if isinstance(t, torch.Tensor) else t, self.outputs[key])
+            return tree_map(_fresh, self.outputs[key])
 
         return cached_forward
+
+
+def _fresh(t: Any) -> Any:
+    """A new meta tensor like `t`; one carrying a gradient is made a non-leaf (in-place ops
+    such as ReLU(inplace=True) on a layer's output are legal on those only)."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    return torch.empty_like(t).requires_grad_(True).clone() if t.requires_grad else torch.empty_like(t)
 
 
 # -------------------------------------------------------------- styles, keys
 
 
-def _styles_for(mdef: ModelDef, name: str, layer: nn.Module, args, kwargs) -> dict[nn.Module, TPStyle]:
+def _styles_for(mdef: ModelDef, name: str, layer: nn.Module, args, kwargs, heads: dict[str, int]) -> dict[nn.Module, TPStyle]:
+    """The declared plan's styles in `layer`, else the attention split and Linear pairs
+    found (tp_pairs.py); head counts found go into `heads`."""
     if mdef.tp_plan is None:
-        return find_linear_pairs(layer, args, kwargs)
+        attention, units = find_attention_split(layer, args, kwargs)
+        heads.update(units)
+        return {**find_linear_pairs(layer, args, kwargs), **attention}
     styles = {}
     for sub_name, sub in layer.named_modules():
         full = f"{name}.{sub_name}" if sub_name else name
@@ -151,7 +163,7 @@ def _signature(layer: nn.Module, args, kwargs, styles, marked_in: bool, with_los
 def _prepare(args, kwargs, marked: bool):
     def conv(x):
         if isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
-            y = x.detach().requires_grad_(True)
+            y = x.detach().requires_grad_(x.requires_grad)  # model inputs and masks take no gradient
             if marked:
                 set_mark(y, True)
             return y
@@ -270,6 +282,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
     profiles: list[LayerProfile] = []
     seen_params: set[int] = set()
     detected: dict[str, str] = {}  # full module name -> TPStyle value: the Linear pairs found
+    found_heads: dict[str, int] = {}  # attention heads of the attention split found
     marked = False
     notes: list[str] = []
     for name in order + [n for n, _ in layers if n not in calls]:
@@ -280,7 +293,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
             group = -1 - len(profiles)
         else:
             args, kwargs, _ = calls[name]
-            styles = _styles_for(mdef, name, layer, args, kwargs)
+            styles = _styles_for(mdef, name, layer, args, kwargs, found_heads)
             detected.update({module_names[id(m)]: style.value for m, style in styles.items()})
             with_loss = name == last and loss_on_last
             key = _signature(layer, args, kwargs, styles, marked, with_loss)
@@ -296,11 +309,17 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         notes.append("the model's output is not its last layer's output: the loss is not costed")
     names = [p.name for p in profiles]
     cuts = block_indices(names, stacks)
-    split = split_of(root, stacks, synthetic_batch(mdef, batch, seed=0, device="meta", float_dtype=dtype)[0]) if cuts else None
+    blocks = tuple(names[i] for i in cuts)
+    split = split_of(root, stacks, blocks, synthetic_batch(mdef, batch, seed=0, device="meta", float_dtype=dtype)[0]) if cuts else None
     plan = dict(mdef.tp_plan) if mdef.tp_plan is not None else detected
     facts = model_facts(root, mdef.name, plan, spec.seq_len if isinstance(spec, (GPTSpec, LlamaSpec)) else None,
-                        _head_units(spec), mdef.feature_layer, tuple(names[i] for i in cuts),
+                        _head_units(spec) or mdef.head_units or tuple(found_heads.items()), mdef.feature_layer, blocks,
                         any(is_mlp_layer(p.stats) for p in profiles), stacks, split)
+    if facts.batch_norms:
+        notes.append(f"{facts.batch_norms} BatchNorm layers: with dp > 1 they become SyncBatchNorm on CUDA/XPU "
+                     "(statistics over the replicas' micro-batch); on CPU (gloo has no SyncBatchNorm) each replica "
+                     "normalises over its own micro-batch, as DDP does; micro-batching or a pipeline normalises "
+                     "over each micro-batch")
     return ModelProfile(
         model=mdef.name,
         layers=tuple(profiles),

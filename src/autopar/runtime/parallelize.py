@@ -1,7 +1,7 @@
 """Apply a strategy to a built model: each active technique in the fixed order of
 autopar.techniques.TECHNIQUES (torchtitan's), then the optimizer, then each `finish`.
 
-  pipeline   split `layers` into this rank's stage chunks               techniques/pipeline/apply.py
+  pipeline   cut the blocks into this rank's stage chunks               techniques/pipeline/apply.py
   tensor     DTensor parallelize_module (+ sequence parallel)            techniques/tensor/apply.py
   features   the input Linear's columns split over dp                    techniques/features/apply.py
   recompute  checkpoint_wrapper on attention cores or blocks             techniques/recompute/apply.py
@@ -22,6 +22,7 @@ import importlib
 from types import ModuleType
 
 from autopar.models import ModelDef
+from autopar.profile.facts import ModelFacts
 from autopar.runtime.mesh import RankContext
 from autopar.runtime.optim import build_optimizer
 from autopar.runtime.parallelized import Parallelized
@@ -36,11 +37,11 @@ def applied_modules(s: Strategy) -> list[ModuleType]:
     return [importlib.import_module(t.apply) for t in TECHNIQUES if t.active(s)]
 
 
-def parallelize(mdef: ModelDef, s: Strategy, ctx: RankContext, training: TrainingSpec, precision: PrecisionPlan,
-                steps: int) -> Parallelized:
+def parallelize(mdef: ModelDef, facts: ModelFacts, s: Strategy, ctx: RankContext, training: TrainingSpec,
+                precision: PrecisionPlan, steps: int) -> Parallelized:
     """`mdef.module` may be on the meta device (then it must have an `init` scheme): it is
     parallelized there and materialized with this rank's shards only."""
-    par = Parallelized.start(mdef, s, ctx, training, precision, steps)
+    par = Parallelized.start(mdef, facts, s, ctx, training, precision, steps)
     modules = applied_modules(s)
     for module in modules:
         if hasattr(module, "apply"):

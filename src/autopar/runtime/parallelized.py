@@ -17,8 +17,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from autopar.models import ModelDef
+from autopar.models import ModelDef, synthetic_batch
 from autopar.models.init import ParamInit, init_table
+from autopar.profile.facts import ModelFacts
 from autopar.runtime.materialize import apply_materialization, on_meta
 from autopar.runtime.mesh import RankContext
 from autopar.runtime.precision import PrecisionPlan
@@ -45,6 +46,7 @@ class Chunk:
 @dataclass
 class Parallelized:
     mdef: ModelDef
+    facts: ModelFacts  # what the profiler found: blocks, how a pipeline cuts them
     strategy: Strategy
     ctx: RankContext
     training: TrainingSpec
@@ -55,6 +57,7 @@ class Parallelized:
     grad_sync: GradSync = GradSync.NONE
     optimizer: Optional[torch.optim.Optimizer] = None
     schedule: Optional[Any] = None  # a torch.distributed.pipelining schedule
+    pipe: Optional[Any] = None  # a traced torch.distributed.pipelining Pipe (graph-split models)
     loss_parallel: bool = False  # the loss must run under loss_parallel() (vocab-parallel head)
     feature_slice: Optional[Any] = None  # techniques.features.apply.FeatureSlice
     param_offsets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # plain local tensors cut from a full one
@@ -65,12 +68,19 @@ class Parallelized:
     applied: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, mdef: ModelDef, s: Strategy, ctx: RankContext, training: TrainingSpec, precision: PrecisionPlan,
-              steps: int) -> "Parallelized":
+    def start(cls, mdef: ModelDef, facts: ModelFacts, s: Strategy, ctx: RankContext, training: TrainingSpec,
+              precision: PrecisionPlan, steps: int) -> "Parallelized":
         meta = on_meta(mdef.module)
         if meta and mdef.init is None:
             raise ValueError(f"{mdef.name} is on the meta device but has no initialisation scheme; build it on the device")
-        return cls(mdef, s, ctx, training, precision, steps, [Chunk(0, mdef.module)], init_table(mdef.module, mdef.init) if meta else None)
+        return cls(mdef, facts, s, ctx, training, precision, steps, [Chunk(0, mdef.module)],
+                   init_table(mdef.module, mdef.init) if meta else None)
+
+    def micro_batch(self) -> tuple[torch.Tensor, ...]:
+        """One micro-batch of this rank's inputs (shapes for tracing; values synthetic)."""
+        rows = self.training.global_batch // self.strategy.dp // self.strategy.num_microbatches(self.training.global_batch)
+        dtype = self.precision.param_dtype
+        return synthetic_batch(self.mdef, rows, self.training.seed, self.ctx.device, float_dtype=dtype)[0]
 
     def materialize(self) -> None:
         """Allocate a meta-device model's local tensors and draw only them (runtime/materialize.py);

@@ -125,7 +125,7 @@ class StandardTrainer:
         mdef = build_for(recipe, s, ctx.device, precision.param_dtype)
         self.s, self.ctx, self.precision, self.loss_fn = s, ctx, precision, mdef.loss
         self.source = BatchSource(mdef, recipe, ctx.device, precision.param_dtype)
-        self.par = parallelize(mdef, s, ctx, recipe.training, precision, steps)
+        self.par = parallelize(mdef, profile_recipe(recipe).facts, s, ctx, recipe.training, precision, steps)
         self.applied = self.par.applied
         self.scaler = precision.grad_scaler()
         self.n_micro = s.num_microbatches(recipe.training.global_batch)
@@ -187,10 +187,13 @@ class StandardTrainer:
         """Every parameter this rank holds, whole (collective over the rank's dp/tp peers)."""
         out = {}
         for chunk in self.par.chunks:
-            for name, p in chunk.module.named_parameters():
+            for name, p in chunk.module.named_parameters(remove_duplicate=False):  # tied aliases too
                 name = clean_name(name)
                 gather = self.par.gatherers.get(name)
                 out[name] = gather(p) if gather else full_tensor(p)
+        for tie in self.par.ties:  # a traced stage holds a tied weight under the names it uses
+            held = next((out[n] for n in tie.names if n in out), None)
+            out.update({n: held for n in tie.names if held is not None and n not in out})
         return out
 
 

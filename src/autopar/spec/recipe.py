@@ -137,6 +137,7 @@ class ModuleSpec(_Spec):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     inputs: Union[Annotated[list[InputSpec], Field(min_length=1)], Annotated[dict[str, InputSpec], Field(min_length=1)]]
     target: Optional[InputSpec] = None  # with a target, loss = cross-entropy (int) or MSE (float)
+    blocks: Optional[Union[str, list[str]]] = None  # the container(s) of repeated blocks, e.g. "encoder.layers"; default: found
 
     @property
     def input_names(self) -> Optional[tuple[str, ...]]:
@@ -176,6 +177,7 @@ class TransformersSpec(_Spec):
     """
 
     transformers: dict[str, Any]
+    blocks: Optional[Union[str, list[str]]] = None  # e.g. "model.model.layers"; default: found (autopar profile shows them)
 
     @model_validator(mode="after")
     def _has_config(self):

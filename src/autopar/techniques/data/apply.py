@@ -17,13 +17,14 @@ always FSDP2 over the dp mesh dimension: zero=0 as HSDP with dp replicas and sha
 size 1 (plain replication, gradients all-reduced), zero=1 and 2 as zero=2 above,
 zero=3 as above.
 
-fully_shard wraps each block of `layers` (one all-gather per block, overlapped with
-the previous block's compute) and then the chunk's root (embeddings, head).
+fully_shard wraps each block of the model's stack (ModelFacts.blocks; one all-gather
+per block, overlapped with the previous block's compute) and then the chunk's root
+(embeddings, head).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from autopar.profile.structure import stack_blocks
 from autopar.runtime.mesh import dp_group, dp_mesh
 from autopar.runtime.optim import optimizer_class
 from autopar.runtime.parallelized import Chunk, GradSync, Parallelized
@@ -53,9 +55,11 @@ def apply(par: Parallelized) -> None:
     """FSDP2 over the dp mesh (then materialize the shards), or materialize then DDP."""
     s, ctx = par.strategy, par.ctx
     par.grad_sync = grad_sync(s)
+    if par.grad_sync is not GradSync.NONE and par.facts.batch_norms:
+        par.applied.append(sync_batch_norm(par, dp_group(ctx.mesh, ctx.dims)))
     if par.grad_sync is GradSync.FSDP:
         for chunk in par.chunks:
-            apply_fsdp(chunk.module, dp_mesh(ctx.mesh, ctx.dims), s.zero, par.precision.fsdp_policy())
+            apply_fsdp(chunk.module, dp_mesh(ctx.mesh, ctx.dims), s.zero, par.precision.fsdp_policy(), par.facts.blocks)
         kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp(zero{3 if s.zero == 3 else 2})"
         par.applied.append(f"{kind}(dp={s.dp})")
         par.materialize()
@@ -67,6 +71,16 @@ def apply(par: Parallelized) -> None:
         if s.zero == 1:
             par.optimizer = zero1_optimizer(par.parameters, par.training, group)
             par.applied.append("zero1(ZeroRedundancyOptimizer)")
+
+
+def sync_batch_norm(par: Parallelized, group) -> str:
+    """BatchNorm over data-parallel replicas: SyncBatchNorm where PyTorch has it (CUDA/XPU),
+    else each replica's own statistics (the profile notes say so)."""
+    n = par.facts.batch_norms
+    if par.ctx.device.type not in ("cuda", "xpu"):
+        return f"batch_norm({n} layers, statistics per replica: SyncBatchNorm needs CUDA/XPU)"
+    par.chunks = [Chunk(c.stage, nn.SyncBatchNorm.convert_sync_batchnorm(c.module, group)) for c in par.chunks]
+    return f"sync_batch_norm({n} layers over dp={par.strategy.dp})"
 
 
 def apply_ddp(module: nn.Module, group, device: torch.device, bucket_cap_mb: int = BUCKET_CAP_MB) -> DDP:
@@ -82,16 +96,18 @@ def uses_fsdp(zero: int, tp: int, pp: int, dp: int) -> bool:
     return dp > 1 and (zero >= 2 or tp > 1 or pp > 1)
 
 
-def apply_fsdp(module: nn.Module, mesh: DeviceMesh, zero: int, mp_policy: Optional[MixedPrecisionPolicy]) -> nn.Module:
-    """fully_shard each block of `layers`, then the root; in place (FSDP2 swaps the class)."""
+def apply_fsdp(module: nn.Module, mesh: DeviceMesh, zero: int, mp_policy: Optional[MixedPrecisionPolicy],
+               blocks: Optional[Sequence[str]] = None) -> nn.Module:
+    """fully_shard each of `blocks` this module holds (default: the blocks of the stacks
+    profile/structure.py finds), then the root; in place (FSDP2 swaps the class)."""
     reshard = zero == 3
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard}
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
-    layers = getattr(module, "layers", None)
-    if isinstance(layers, (nn.ModuleList, nn.ModuleDict)):
-        for _, block in layers.named_children():
-            fully_shard(block, **kwargs)
+    held = dict(module.named_modules())
+    for name in stack_blocks(module) if blocks is None else blocks:
+        if name in held:
+            fully_shard(held[name], **kwargs)
     fully_shard(module, **kwargs)
     return module
 

@@ -1,22 +1,30 @@
-"""Pipeline parallelism with torch.distributed.pipelining and hand-cut stages.
+"""Pipeline parallelism with torch.distributed.pipelining.
 
-The model's `layers` are cut into pp * virtual_stages chunks of consecutive blocks,
-`strategy.stages` layers each: the layout the cost model priced (CostModel.with_stages
-writes it in before a run; the runtime has no layout of its own).
-The modules registered before `layers` (embedding, stem) join the first chunk, those
-after it (head) the last, so a pipelined model's forward must run
-pre-modules -> layers -> post-modules; the built-in families do. Stage s lives on
-pipeline rank s % pp (the looped layout of Interleaved1F1B; one stage per rank for
-GPipe and 1F1B). Chunks keep the model's parameter names (`layers.7.attn.q.weight`).
+The model's blocks (ModelFacts.blocks, of its stack) are cut into pp * virtual_stages
+chunks of consecutive blocks, `strategy.stages` blocks each: the layout the cost model
+priced (CostModel.with_stages writes it in before a run; the runtime has no layout of
+its own). How the cut is made was decided by the profiler (profile/structure.py):
 
-Schedules: gpipe -> ScheduleGPipe, 1f1b -> Schedule1F1B, interleaved ->
-ScheduleInterleaved1F1B (Narayanan et al. 2021). Each micro-batch's loss is the
-recipe's mean loss and the schedule scales gradients by 1/num_microbatches, so
+  chain  the model's forward is its top-level children in order, the stack among them:
+         stages are hand-cut StageModules holding the modules as they are (the modules
+         before the stack join the first chunk, those after it the last), so tensor
+         parallelism, FSDP and recomputation apply inside. Parameter names are kept
+         (`layers.7.attn.q.weight`).
+  graph  anything else (skip connections, blocks deep inside, keyword calls): the
+         tracing front end, pipeline(model, mb_args, split_spec={first block of each
+         stage: SplitPoint.BEGINNING}), splits the exported program; every tensor that
+         crosses a cut is sent to the stage that reads it, so the forward is the
+         model's own. One stage per rank (gpipe, 1f1b); the rules refuse the rest.
+
+Stage s lives on pipeline rank s % pp (the looped layout of Interleaved1F1B; one stage
+per rank for GPipe and 1F1B). Schedules: gpipe -> ScheduleGPipe, 1f1b -> Schedule1F1B,
+interleaved -> ScheduleInterleaved1F1B (Narayanan et al. 2021). Each micro-batch's loss
+is the recipe's mean loss and the schedule scales gradients by 1/num_microbatches, so
 gradients equal the whole batch's.
 
-Weights tied across stages (GPT's embedding and head) live on the first and last
-stage: after backward their gradients are all-reduced between those two ranks, as
-Megatron-LM does for its word embeddings.
+Weights tied across stages (an embedding and its head) live on several stages: after
+backward their gradients are summed across those stages, as Megatron-LM does for its
+word embeddings, so every copy takes the same update.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+import torch.fx as fx
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
-from torch.distributed.tensor import DTensor
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B, SplitPoint, pipeline
+from torch.distributed.tensor import DTensor, Replicate
 
+from autopar.errors import InputError
 from autopar.models.init import tied_parameters
 from autopar.runtime.mesh import ParallelDims, global_rank
 from autopar.runtime.names import clean_name
@@ -43,11 +53,20 @@ def apply(par: Parallelized) -> None:
     s = par.strategy
     if s.pp == 1:
         return
-    model = par.mdef.module
-    par.ties = cross_stage_ties(model, s)
-    par.chunks = apply_pipeline_split(model, s, par.ctx.coords.pp)
-    layout = "/".join(str(len(r)) for r in layer_ranges(len(model.layers), s.pp * s.virtual_stages, s.stages))
-    par.applied.append(f"pipeline(pp={s.pp}, {s.schedule.value}, virtual_stages={s.virtual_stages}, layers {layout})")
+    model, facts = par.mdef.module, par.facts
+    ranges = layer_ranges(facts.layers, s.pp * s.virtual_stages, s.stages)
+    layout = "/".join(str(len(r)) for r in ranges)
+    if facts.pipeline_split == "graph":
+        par.ties = [CrossStageTie(tuple(g), ()) for g in tied_parameters(model)]
+        par.pipe = traced_pipeline(model, [facts.blocks[r.start] for r in ranges[1:]], par.micro_batch())
+        par.chunks = [Chunk(st, par.pipe.get_stage_module(st)) for st in local_stages(s, par.ctx.coords.pp)]
+        cut = "traced: tensors crossing a cut are sent along"
+    else:
+        stack = facts.stacks[0]
+        par.ties = cross_stage_ties(model, s, stack)
+        par.chunks = apply_pipeline_split(model, s, par.ctx.coords.pp, stack)
+        cut = f"{stack} cut in order"
+    par.applied.append(f"pipeline(pp={s.pp}, {s.schedule.value}, virtual_stages={s.virtual_stages}, {cut}, blocks {layout})")
 
 
 def finish(par: Parallelized) -> None:
@@ -57,15 +76,19 @@ def finish(par: Parallelized) -> None:
         return
     ctx = par.ctx
     n_micro = s.num_microbatches(par.training.global_batch)
-    par.schedule = apply_pipeline_schedule(par.chunks, s, n_micro, par.mdef.loss, ctx.mesh["pp"].get_group(), ctx.device)
-    if par.ties:
+    group = ctx.mesh["pp"].get_group()
+    par.schedule = apply_pipeline_schedule(par.chunks, s, n_micro, par.mdef.loss, group, ctx.device, par.pipe)
+    if par.ties and par.pipe is not None:
+        par.after_backward.append(traced_tie_sync(par.chunks, par.ties, par.mdef.module, group))
+        par.applied.append(f"tied-weight gradients summed across stages ({', '.join(t.names[0] for t in par.ties)})")
+    elif par.ties:
         groups = tie_groups(par.ties, ctx.dims, ctx.coords.dp, ctx.coords.tp)
         par.after_backward.append(tied_gradient_sync(par.chunks, par.ties, groups))
         par.applied.append(f"tied-weight gradient all-reduce across stages ({', '.join(t.names[0] for t in par.ties)})")
 
 
 class StageModule(nn.Module):
-    """Consecutive top-level pieces of a model: pre-modules, a slice of `layers`, post-modules."""
+    """Consecutive top-level pieces of a model: pre-modules, a slice of its stack, post-modules."""
 
     def __init__(self, pieces: list[tuple[str, nn.Module]]):
         super().__init__()
@@ -98,16 +121,18 @@ def local_stages(strategy: Strategy, pp_rank: int) -> list[int]:
     return [pp_rank + k * strategy.pp for k in range(strategy.virtual_stages)]
 
 
-def apply_pipeline_split(model: nn.Module, strategy: Strategy, pp_rank: int) -> list[Chunk]:
-    """This pipeline rank's chunks of `model` (which it may discard afterwards)."""
+def apply_pipeline_split(model: nn.Module, strategy: Strategy, pp_rank: int, stack: str = "layers") -> list[Chunk]:
+    """This pipeline rank's chunks of a chain-split `model` (which it may discard afterwards);
+    `stack` is the top-level container of its blocks."""
     n_stages = strategy.pp * strategy.virtual_stages
-    ranges = layer_ranges(len(model.layers), n_stages, strategy.stages)
+    blocks = list(getattr(model, stack).named_children())
+    ranges = layer_ranges(len(blocks), n_stages, strategy.stages)
     names = [name for name, _ in model.named_children()]
-    cut = names.index("layers")
+    cut = names.index(stack)
     chunks = []
     for s in local_stages(strategy, pp_rank):
         pieces = [(n, getattr(model, n)) for n in names[:cut]] if s == 0 else []
-        pieces.append(("layers", nn.ModuleDict({str(i): model.layers[i] for i in ranges[s]})))
+        pieces.append((stack, nn.ModuleDict({blocks[i][0]: blocks[i][1] for i in ranges[s]})))
         pieces += [(n, getattr(model, n)) for n in names[cut + 1 :]] if s == n_stages - 1 else []
         chunks.append(Chunk(s, StageModule(pieces)))
     return chunks
@@ -122,15 +147,15 @@ class CrossStageTie:
     stages: tuple[int, ...]  # the stage holding each name
 
 
-def cross_stage_ties(model: nn.Module, strategy: Strategy) -> list[CrossStageTie]:
+def cross_stage_ties(model: nn.Module, strategy: Strategy, stack: str = "layers") -> list[CrossStageTie]:
     n_stages = strategy.pp * strategy.virtual_stages
-    ranges = layer_ranges(len(model.layers), n_stages, strategy.stages)
+    ranges = layer_ranges(len(getattr(model, stack)), n_stages, strategy.stages)
     names = [name for name, _ in model.named_children()]
-    cut = names.index("layers")
+    cut = names.index(stack)
 
     def stage_of(param: str) -> int:
         top, _, rest = param.partition(".")
-        if top == "layers":
+        if top == stack:
             layer = int(rest.partition(".")[0])
             return next(s for s, r in enumerate(ranges) if layer in r)
         return 0 if names.index(top) < cut else n_stages - 1
@@ -174,6 +199,77 @@ def tied_gradient_sync(chunks: list[Chunk], ties: list[CrossStageTie], groups: l
     return sync
 
 
+def traced_pipeline(model: nn.Module, starts: list[str], example: tuple[torch.Tensor, ...]):
+    """torch.distributed.pipelining's Pipe of `model`, cut before each block in `starts`;
+    `example` is one micro-batch of inputs (the tracer records its shapes)."""
+    try:
+        pipe = pipeline(model, mb_args=example, split_spec={name: SplitPoint.BEGINNING for name in starts})
+    except Exception as err:  # noqa: BLE001 - the tracer's complaint, in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError("strategy.pp", len(starts) + 1, f"torch.distributed.pipelining could not trace the model on this "
+                         f"device and dtype ({type(err).__name__}: {first}); use a strategy without pp") from None
+    for stage in pipe.split_gm.children():
+        if isinstance(stage, fx.GraphModule):
+            _contiguous_boundary(stage)
+    return pipe
+
+
+def _contiguous_boundary(stage: fx.GraphModule) -> None:
+    """Make the tensors a stage sends and receives contiguous (gloo's send/recv refuse
+    views such as an expanded attention mask); values unchanged. The receive buffers
+    follow the placeholders' recorded example values."""
+    graph = stage.graph
+    for node in graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor) and not val.is_contiguous():
+            node.meta["val"] = val.contiguous()
+    output = next(n for n in graph.nodes if n.op == "output")
+
+    def contiguous(arg):
+        if not (isinstance(arg, fx.Node) and isinstance(arg.meta.get("val"), torch.Tensor)):
+            return arg
+        with graph.inserting_before(output):
+            made = graph.call_method("contiguous", (arg,))
+        made.meta["val"] = arg.meta["val"].contiguous()
+        return made
+
+    output.args = fx.node.map_arg(output.args, contiguous)
+    stage.recompile()
+
+
+def traced_tie_sync(chunks: list[Chunk], ties: list[CrossStageTie], model: nn.Module, group) -> Callable[[], None]:
+    """Sum tied weights' gradients over every copy on every stage of the pipeline group.
+
+    The tracing front end gives each stage that uses a tied weight its own copy; each rank
+    adds up its copies' whole gradients (none: zeros), all-reduces the sum over the pp group
+    (every rank, every tie, in one order) and gives it to each copy, laid out as the copy."""
+    params = [model.get_parameter(t.names[0]) for t in ties]
+    copies = [list({id(p): p for c in chunks for n, p in c.module.named_parameters(remove_duplicate=False)
+                    if clean_name(n) in t.names}.values()) for t in ties]
+
+    def sync() -> None:
+        with torch.no_grad():
+            for param, mine in zip(params, copies):
+                grads = [_whole(p.grad) for p in mine if p.grad is not None]
+                total = torch.stack(grads).sum(0) if grads else torch.zeros(param.shape, dtype=param.dtype)
+                dist.all_reduce(total, group=group)
+                for p in mine:
+                    p.grad = _laid_out_as(total, p)
+
+    return sync
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _laid_out_as(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    if isinstance(p, DTensor):
+        replicated = DTensor.from_local(full.clone(), p.device_mesh, [Replicate()] * p.device_mesh.ndim, run_check=False)
+        return replicated.redistribute(p.device_mesh, p.placements)
+    return full.clone()
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
@@ -189,10 +285,15 @@ def _like_param(grad: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ schedule
 
 
-def apply_pipeline_schedule(chunks: list[Chunk], strategy: Strategy, n_microbatches: int, loss_fn, group, device: torch.device):
-    """Wrap each (already parallelized) chunk in a PipelineStage and build the plan's schedule."""
+def apply_pipeline_schedule(chunks: list[Chunk], strategy: Strategy, n_microbatches: int, loss_fn, group, device: torch.device,
+                            pipe=None):
+    """Wrap each (already parallelized) chunk in a PipelineStage and build the plan's schedule;
+    a traced `pipe` builds its own stages (they know which tensors cross which cut)."""
     n_stages = strategy.pp * strategy.virtual_stages
-    stages = [PipelineStage(c.module, c.stage, n_stages, device, group=group) for c in chunks]
+    if pipe is not None:
+        stages = [pipe.build_stage(c.stage, device, group) for c in chunks]
+    else:
+        stages = [PipelineStage(c.module, c.stage, n_stages, device, group=group) for c in chunks]
     if strategy.schedule is Schedule.GPIPE:
         return ScheduleGPipe(stages[0], n_microbatches, loss_fn=loss_fn)
     if strategy.schedule is Schedule.ONE_F_ONE_B:

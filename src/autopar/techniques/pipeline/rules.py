@@ -19,6 +19,13 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     if s.tp > 1 and r.facts.pipeline_split == "graph":
         return (f"tp({s.tp}) with pp({s.pp}): {r.facts.name} is cut by tracing (its forward is not a chain of its blocks), "
                 "which turns modules into interpreted graphs that tensor parallelism cannot split; use tp or pp")
+    if r.facts.pipeline_split == "graph" and s.virtual_stages > 1:
+        return (f"virtual_stages({s.virtual_stages}): {r.facts.name} is cut by tracing, and an interleaved schedule's "
+                "stages would pass its activations between non-adjacent stages; use gpipe or 1f1b")
+    if r.facts.pipeline_split == "graph" and s.pp > 2 and r.facts.pipeline_skip > 1:
+        return (f"pp({s.pp}): in {r.facts.name} a tensor skips over blocks (a long skip connection, "
+                f"{r.facts.pipeline_skip} blocks or more), so 3 or more stages would send its gradient between non-adjacent stages, which "
+                "torch.distributed.pipelining cannot do; use pp=2")
     n_stages = s.pp * s.virtual_stages
     if n_stages > r.facts.layers:
         return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages > layers({r.facts.layers})"
