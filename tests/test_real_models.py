@@ -77,7 +77,8 @@ EQUAL = {
     "long_skip": ["pp=2,schedule=gpipe,microbatch=2", "pp=2,schedule=1f1b,microbatch=2", "dp=2,recompute=full", "tp=2"],
     "resnet": ["pp=2,schedule=gpipe,microbatch=8"],  # one micro-batch: BatchNorm sees the whole batch
     "dict_forward": ["dp=2,zero=3", "tp=2"],
-    "gpt2": ["pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3,recompute=full"],  # tied embedding across the cut
+    # tied embedding across the cut; tp splits the Conv1D MLP (the fused q/k/v projection stays whole)
+    "gpt2": ["pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3,recompute=full", "tp=2"],
     "llama": ["tp=2", "pp=2,schedule=gpipe,microbatch=2", "dp=2,recompute=full"],
     "mixtral": ["tp=2", "dp=2,zero=3"],
     "bert": ["pp=2,schedule=gpipe,microbatch=2", "tp=2"],
@@ -93,7 +94,6 @@ REFUSED = [
     ("long_skip", "pp=2,tp=2,schedule=gpipe,microbatch=2", "interpreted graphs"),
     ("resnet", "recompute=full", "BatchNorm"),
     ("dict_forward", "pp=2,microbatch=2", "no stack of repeated blocks"),
-    ("gpt2", "tp=2", "tensor"),
     ("llama", "tp=4", "num_key_value_heads"),
 ]
 
@@ -142,6 +142,19 @@ def test_blocks_named_in_the_recipe_override_discovery():
     assert prof.facts.blocks == tuple(f"model.encoder.block.{i}" for i in range(3))
     with pytest.raises(InputError, match="model.blocks"):
         profile_model(_recipe("t5", blocks="model.nowhere").model, Precision.FP32)
+
+
+def test_mixture_of_experts_counts_active_parameters(profiles):
+    real = build_model(_recipe("mixtral").model, "meta", torch.float32).module
+    routed = sum(p.numel() for n, p in real.named_parameters() if ".experts." in n)
+    assert profiles["mixtral"].active_params == profiles["mixtral"].params - routed + routed * 2 // 4  # top 2 of 4 experts
+    assert profiles["llama"].active_params is None
+
+
+def test_gpt2_conv1d_mlp_is_split(profiles):
+    plan = dict(profiles["gpt2"].facts.tp_plan)
+    assert plan["model.transformer.h.0.mlp.c_fc"] == "colwise" and plan["model.transformer.h.0.mlp.c_proj"] == "rowwise"
+    assert not any("c_attn" in p for p in plan)
 
 
 def test_transformers_plans_come_from_the_library(profiles):

@@ -23,7 +23,8 @@ def run(args) -> int:
     if args.json:
         print_json(_scaled(profile.to_dict(), scale, args.per))
         return 0
-    print(f"model {profile.model}: {si(profile.params)} parameters, {len(profile.layers)} layers "
+    active = f" ({si(profile.active_params)} active per token)" if profile.active_params else ""
+    print(f"model {profile.model}: {si(profile.params)} parameters{active}, {len(profile.layers)} layers "
           f"({len(profile.groups())} distinct), figures per {args.per}"
           + (f" of {recipe.training.global_batch}" if scale > 1 else "")
           + f", activations in {profile.dtype_bytes}-byte precision")

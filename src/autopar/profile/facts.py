@@ -20,6 +20,7 @@ from autopar.models.gpt import GPT
 from autopar.models.llama import Llama
 from autopar.models.mlp import MLP
 from autopar.models.wide_linear import WideLinear
+from autopar.profile.linears import features
 from autopar.profile.structure import Split
 
 
@@ -96,16 +97,17 @@ def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: 
 # The vocabulary styles are absent: DTensor shards the vocabulary unevenly (torch.chunk
 # sizes) and the vocab-parallel embedding and loss stay exact (equivalence test, vocab 65),
 # so tp need not divide it, unlike widths that views reshape into heads.
-_SPLIT_DIM = {"colwise": "out_features", "rowwise": "in_features"}
+_SPLIT_DIM = {"colwise": ("out_features", 1), "rowwise": ("in_features", 0)}  # name, index into features()
 
 
 def _planned_units(module: nn.Module, plan: dict[str, str]) -> tuple[tuple[str, int], ...]:
     units: dict[str, int] = {}
     for name, sub in module.named_modules():
         style = next((s for pattern, s in plan.items() if fnmatch(name, pattern)), None)
-        if style in _SPLIT_DIM:
-            attr = _SPLIT_DIM[style]
-            units.setdefault(f"{_generic(name)}.{attr}", getattr(sub, attr))
+        dims = features(sub)
+        if style in _SPLIT_DIM and dims is not None:
+            attr, index = _SPLIT_DIM[style]
+            units.setdefault(f"{_generic(name)}.{attr}", dims[index])
     return tuple(units.items())
 
 

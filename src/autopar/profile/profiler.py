@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_map
 from autopar.errors import InputError
 from autopar.models import ModelDef, build_model, synthetic_batch
 from autopar.profile.facts import model_facts
+from autopar.profile.linears import features
 from autopar.profile.structure import CONTAINERS, block_indices, find_stacks, placeable_layers, split_of
 from autopar.profile.tp_pairs import find_attention_split, find_linear_pairs
 from autopar.profile.trace import LayerTracer, is_marked, set_mark, tensors_in
@@ -331,6 +332,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         profiled_batch=batch,
         notes=tuple(notes),
         cuts=cuts or None,
+        active_params=mdef.active_params,
         facts=facts,
     )
 
@@ -357,8 +359,8 @@ def _detected_units(profiles: list[LayerProfile], by_name: dict[str, nn.Module])
         layer = by_name[lp.name]
         for sub, style in lp.stats.tp_styles:
             m = layer.get_submodule(sub) if sub else layer
-            if style == TPStyle.COLWISE.value and isinstance(m, nn.Linear):
-                units.add(m.out_features)
+            if style == TPStyle.COLWISE.value and features(m) is not None:
+                units.add(features(m)[1])
     return tuple(sorted(units))
 
 

@@ -1,6 +1,6 @@
 """Find Megatron-style Linear pairs in any layer, for tensor parallelism.
 
-A pair is a Linear whose input is replicated (split by output columns) feeding,
+A pair is a Linear (or GPT-2's Conv1D) whose input is replicated (split by output columns) feeding,
 through elementwise ops only, a Linear that consumes only that split result
 (split by input rows): y = W2 f(W1 x). Splitting W1 by columns and W2 by rows
 keeps f local and needs one all-reduce of y (Shoeybi et al. 2019, Sec. 3).
@@ -18,6 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from autopar.profile.linears import features
 from autopar.profile.trace import meta_kernels, run_op, tensors_in
 from autopar.spec.enums import TPStyle
 
@@ -82,7 +83,7 @@ class _PairFinder(TorchDispatchMode):
 
 def find_linear_pairs(layer: nn.Module, args: tuple, kwargs: dict) -> dict[nn.Module, TPStyle]:
     """Column/row styles for the Linear pairs of `layer` (run on meta inputs)."""
-    linears = {id(m): m for m in layer.modules() if isinstance(m, nn.Linear)}
+    linears = {id(m): m for m in layer.modules() if features(m) is not None}
     if len(linears) < 2:
         return {}
     finder = _PairFinder(linears)

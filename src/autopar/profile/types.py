@@ -98,6 +98,7 @@ class ModelProfile:
     # before the first block ride with it (the embedding), layers after a block with it
     # (the head with the last), as Megatron-LM and torchtitan place them. None: no blocks.
     cuts: Optional[tuple[int, ...]] = None
+    active_params: Optional[int] = None  # mixture of experts: parameters one token uses (None: all, a dense model)
     # What the techniques' rules read of the model, found on the build profiled here.
     facts: Optional[ModelFacts] = None
 
@@ -144,6 +145,7 @@ class ModelProfile:
             "totals": self.totals(),
             "tp_units": list(self.tp_units),
             "params": self.params,
+            "active_params": self.active_params,
             "sample_bytes": self.sample_bytes,
             "feature_dim": self.feature_dim,
             "profiled_batch": self.profiled_batch,
@@ -165,7 +167,7 @@ class ModelProfile:
         return cls(model=d["model"], layers=tuple(layers), dtype_bytes=d["dtype_bytes"], params=d["params"],
                    sample_bytes=d["sample_bytes"], tp_units=tuple(d.get("tp_units", ())), feature_dim=d.get("feature_dim"),
                    profiled_batch=d.get("profiled_batch", 1), notes=tuple(d.get("notes", ())),
-                   cuts=tuple(d["cuts"]) if d.get("cuts") else None,
+                   cuts=tuple(d["cuts"]) if d.get("cuts") else None, active_params=d.get("active_params"),
                    facts=ModelFacts.from_dict(d["facts"]) if d.get("facts") else None)
 
 

@@ -6,6 +6,8 @@ The model's `tp_plan` maps fnmatch patterns to styles; each becomes a ParallelSt
   vocab_embedding  RowwiseParallel(input Replicate)       vocabulary split, output all-reduced
   vocab_head       ColwiseParallel(output Shard(-1))      vocabulary split; logits stay a DTensor and
                                                           the loss runs under `loss_parallel()`
+transformers' Conv1D (GPT-2; weight (in, out)) gets the same two styles with the weight's
+dimensions swapped (ColwiseConv1D, RowwiseConv1D).
 
 Sequence parallel (Korthikanti et al. 2022) keeps the residual stream split along the
 sequence (Shard(1)) between tensor-parallel regions, derived from the same plan:
@@ -21,10 +23,11 @@ Shard(0) over the vocabulary, so one DTensor parameter serves both.
 from __future__ import annotations
 
 from fnmatch import fnmatch
+from functools import partial
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -36,6 +39,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from autopar.models.init import retie_, tied_parameters
+from autopar.profile.linears import is_conv1d
 from autopar.runtime.parallelized import Parallelized
 from autopar.spec.enums import TPStyle
 
@@ -58,7 +62,7 @@ def apply_tensor_parallel(module: nn.Module, tp_mesh: DeviceMesh, tp_plan: dict[
     """Shard `module` in place over `tp_mesh`; returns whether the loss must run under loss_parallel()."""
     ties = tied_parameters(module)
     styles = resolve_plan(module, tp_plan)
-    plan = {name: _style(style, sequence_parallel) for name, style in styles.items()}
+    plan = {name: _style(style, sequence_parallel, module.get_submodule(name)) for name, style in styles.items()}
     if sequence_parallel:
         plan.update(_sequence_parallel_plan(module, styles))
     parallelize_module(module, tp_mesh, plan)
@@ -76,8 +80,10 @@ def resolve_plan(module: nn.Module, tp_plan: dict[str, str]) -> dict[str, TPStyl
     return out
 
 
-def _style(style: TPStyle, sp: bool) -> ParallelStyle:
+def _style(style: TPStyle, sp: bool, module: nn.Module) -> ParallelStyle:
     seq = Shard(1) if sp else Replicate()
+    if is_conv1d(module) and style in (TPStyle.COLWISE, TPStyle.ROWWISE):
+        return ColwiseConv1D() if style is TPStyle.COLWISE else RowwiseConv1D(output_layouts=seq)
     if style is TPStyle.COLWISE:
         return ColwiseParallel()
     if style is TPStyle.ROWWISE:
@@ -85,6 +91,35 @@ def _style(style: TPStyle, sp: bool) -> ParallelStyle:
     if style is TPStyle.VOCAB_EMBEDDING:
         return RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
     return ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1), use_local_output=False)
+
+
+class ColwiseConv1D(ColwiseParallel):
+    """ColwiseParallel for transformers' Conv1D (y = x W + b, W (in, out)): W Shard(1), b Shard(0)."""
+
+    def _partition_conv1d_fn(self, name, module, device_mesh):
+        for pname, p in module.named_parameters():
+            placement = Shard(1) if pname == "weight" else Shard(0)
+            module.register_parameter(pname, nn.Parameter(distribute_tensor(p, device_mesh, [placement]), requires_grad=p.requires_grad))
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        return distribute_module(module, device_mesh, self._partition_conv1d_fn,
+                                 partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+                                 partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
+
+
+class RowwiseConv1D(RowwiseParallel):
+    """RowwiseParallel for transformers' Conv1D: W Shard(0) (input rows), b replicated."""
+
+    def _partition_conv1d_fn(self, name, module, device_mesh):
+        for pname, p in module.named_parameters():
+            placement = Shard(0) if pname == "weight" else Replicate()
+            module.register_parameter(pname, nn.Parameter(distribute_tensor(p, device_mesh, [placement]), requires_grad=p.requires_grad))
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        self.desired_input_layouts = (Shard(-1),)
+        return distribute_module(module, device_mesh, self._partition_conv1d_fn,
+                                 partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+                                 partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
 
 
 def _sequence_parallel_plan(module: nn.Module, styles: dict[str, TPStyle]) -> dict[str, ParallelStyle]:
