@@ -4,7 +4,7 @@ import pytest
 
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
-from autopar.plan.planner import plan
+from autopar.plan.planner import parse_fix, plan
 from autopar.spec.cluster import parse_cluster
 from autopar.spec.enums import DataPartition, Sync
 from autopar.spec.recipe import parse_recipe
@@ -119,3 +119,35 @@ def test_why_not_a_named_strategy(capsys):
     assert "needs " in capsys.readouterr().out.splitlines()[-1]
     assert main(args + ["--why", "tp=7"]) == 0
     assert "cannot run: tp(7) must divide heads(96)" in capsys.readouterr().out
+
+
+GPT3 = {"family": "gpt", "layers": 96, "hidden": 12288, "heads": 96, "seq_len": 2048, "vocab": 50257}
+SMALL_GPT = {"family": "gpt", "layers": 4, "hidden": 128, "heads": 4, "seq_len": 64, "vocab": 512}
+
+
+@pytest.mark.parametrize("model,batch,cluster", [
+    (GPT3, 64, {"preset": "dgx-a100-80gb", "nodes": 128}),  # per-replica batch below pp for most layouts
+    (GPT3, 8, {"preset": "dgx-a100-80gb", "nodes": 128}),
+    (SMALL_GPT, 1, {"preset": "cpu-local"}),
+])
+def test_batches_smaller_than_pp_plan_and_say_why(model, batch, cluster):
+    """These crashed (IndexError in the lower bound, ZeroDivisionError in the rules)."""
+    result = plan(_recipe(model, batch, precision="bf16"), parse_cluster(cluster))
+    assert result.plans
+    for e in (p.estimate for p in result.plans):
+        assert e.strategy.pp == 1 or batch // e.strategy.dp // e.strategy.microbatch_size(batch) >= e.strategy.pp
+    if batch == 1:
+        pipeline = next(r for r in result.rejected if r.family == "pipeline parallel")
+        assert "per-replica batch 1 < pp 2" in pipeline.reason
+
+
+@pytest.mark.parametrize("model,batch,cluster,fix", [
+    (SMALL_GPT, 16, {"preset": "cpu-local"}, "recompute=full"),  # listed local SGD twice before
+    ({"family": "mlp", "input_dim": 64, "widths": [256, 256], "classes": 10}, 64, {"preset": "cpu-local"}, "recompute=full"),
+    (GPT3, 1536, {"preset": "dgx-a100-80gb", "nodes": 128}, "tp=8"),
+    (GPT3, 1536, {"preset": "dgx-a100-80gb", "nodes": 128}, None),
+])
+def test_no_plan_is_listed_twice(model, batch, cluster, fix):
+    result = plan(_recipe(model, batch, precision="fp32"), parse_cluster(cluster), fix=parse_fix(fix) if fix else None)
+    texts = [p.estimate.strategy.to_text() for p in result.plans]
+    assert len(texts) == len(set(texts)), texts

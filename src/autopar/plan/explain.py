@@ -157,7 +157,8 @@ _SHARDED = {"sharded data parallel (ZeRO-1/2)": 2, "fully sharded data parallel 
 
 
 def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Cluster, objective,
-             family_bound: Optional[dict[str, float]] = None, family_smallest: Optional[dict[str, Estimate]] = None) -> tuple:
+             family_bound: Optional[dict[str, float]] = None, family_smallest: Optional[dict[str, Estimate]] = None,
+             family_problem: Optional[dict[str, str]] = None) -> tuple:
     out = []
     facts = model.facts
     won = family_of(w.strategy)
@@ -178,6 +179,9 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
             steps = model.work.steps or 1
             out.append(Rejected(fam, None, f"pruned: even at peak speed it would need {_s(family_bound[fam] / steps)} per step "
                                            f"(lower bound) vs {_s(w.step_time_s)}"))
+            continue
+        if family_problem and fam in family_problem:
+            out.append(Rejected(fam, None, f"not applicable: {family_problem[fam]}"))
             continue
         rep = _REPRESENTATIVE[fam]
         problem = plan_problem(rep, facts, model.work.global_batch, model.work.precision, None)

@@ -58,10 +58,19 @@ class _Search:
     fitting: int = 0  # candidates that fit in memory
     pruned: dict[str, int] = field(default_factory=dict)
     family_bound: dict[str, float] = field(default_factory=dict)  # least lower bound of pruned structures (score)
+    family_problem: dict[str, str] = field(default_factory=dict)  # why a family's structures cannot run at all
+    seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
 
     def consider(self, s: Strategy) -> Optional[Estimate]:
         if any(getattr(s, k) != v for k, v in self.fixed.items()):
             return None
+        if s in self.seen:  # the leanest-fit check and the knob loop may both price one strategy
+            return self.seen[s]
+        e = self._price(s)
+        self.seen[s] = e
+        return e
+
+    def _price(self, s: Strategy) -> Optional[Estimate]:
         problem = plan_problem(s, self.ctx.facts, self.ctx.global_batch, self.ctx.precision, self.ctx.cluster)
         if problem is not None:
             self.pruned["invalid"] = self.pruned.get("invalid", 0) + 1
@@ -177,6 +186,12 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
             continue
         fam = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], sync=c["sync"], data_partition=c["data_partition"],
                                  subnet=c["subnet"], threads=c["threads"]))
+        if not microbatches(ctx, c):  # a pipeline needs pp micro-batches of at least one sample each
+            local = ctx.global_batch // c["dp"]
+            search.family_problem.setdefault(fam, f"per-replica batch {local} < pp {c['pp']}: a pipeline of {c['pp']} stages "
+                                                  f"needs at least {c['pp']} micro-batches (dp={c['dp']})")
+            search.pruned["batch-below-pp"] = search.pruned.get("batch-below-pp", 0) + 1
+            continue
         bound = _lower_bound(search, c)
         if bound > search.threshold(fam):
             search.pruned["bound"] = search.pruned.get("bound", 0) + 1
@@ -190,7 +205,7 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, chosen[0]))
                   for i, e in enumerate(chosen))
     rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound,
-                                search.family_smallest)
+                                search.family_smallest, search.family_problem)
     return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s, model.profile,
                       recipe_fingerprint(recipe))
 

@@ -42,6 +42,9 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
 def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
     """torch.distributed.pipelining: 1F1B needs n >= pp; Interleaved1F1B runs n in rounds of
     max(1, n // pp) and needs n divisible by the round count."""
+    local = s.local_batch(r.global_batch)
+    if local < s.pp:
+        return f"per-replica batch {local} (global {r.global_batch} / dp {s.dp}) < pp({s.pp}): a pipeline needs pp micro-batches"
     n = s.num_microbatches(r.global_batch)
     if s.schedule is Schedule.ONE_F_ONE_B and n < s.pp:
         return f"schedule 1f1b needs num_microbatches({n}) >= pp({s.pp}); lower microbatch or use gpipe"
