@@ -151,3 +151,22 @@ def test_no_plan_is_listed_twice(model, batch, cluster, fix):
     result = plan(_recipe(model, batch, precision="fp32"), parse_cluster(cluster), fix=parse_fix(fix) if fix else None)
     texts = [p.estimate.strategy.to_text() for p in result.plans]
     assert len(texts) == len(set(texts)), texts
+
+
+@pytest.mark.parametrize("fix", [
+    "schedule=gpipe", "microbatch=8", "virtual_stages=3", "tp=8,sequence_parallel=false",
+    "dp=128,tp=8,microbatch=12",  # the whole per-replica batch: the neutral value
+    "tp=4,pp=12,dp=8,microbatch=2,zero=1,recompute=full",  # BLOOM-176B's published layout (Le Scao et al. 2022)
+    "tp=4,pp=12",
+])
+def test_fix_accepts_any_valid_value_and_keeps_it(fix):
+    """Each of these answered "no valid strategy", or returned another micro-batch, before."""
+    result = plan(_recipe(GPT3, 1536, precision="bf16"), parse_cluster({"preset": "dgx-a100-80gb", "nodes": 128}),
+                  fix=parse_fix(fix))
+    s = result.plans[0].estimate.strategy
+    for item in fix.split(","):
+        key, _, value = item.partition("=")
+        if key == "microbatch":
+            assert s.microbatch_size(1536) == int(value)
+        else:
+            assert Strategy.parse(item).to_dict()[key] == s.to_dict()[key], (key, s.to_text())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
@@ -32,7 +32,7 @@ from autopar.plan.result import Objective, Plan, PlanResult, rank_key, recipe_fi
 from autopar.plan.space import SearchContext, structures
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
-from autopar.spec.enums import Recompute
+from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 from autopar.techniques import plan_problem
@@ -62,7 +62,7 @@ class _Search:
     seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
 
     def consider(self, s: Strategy) -> Optional[Estimate]:
-        if any(getattr(s, k) != v for k, v in self.fixed.items()):
+        if not self.matches_fixed(s):
             return None
         if s in self.seen:  # the leanest-fit check and the knob loop may both price one strategy
             return self.seen[s]
@@ -89,6 +89,23 @@ class _Search:
             self.best.sort(key=lambda x: rank_key(x, self.objective))
             del self.best[self.top_k * 4:]
         return e
+
+    def matches_fixed(self, s: Strategy) -> bool:
+        """Whether `s` has every --fix value; a micro-batch equal to the per-replica batch
+        is the same strategy whether spelled microbatch=B or left out (None)."""
+        for k, v in self.fixed.items():
+            if k == "microbatch":
+                local = s.local_batch(self.ctx.global_batch)
+                if s.microbatch_size(self.ctx.global_batch) != (v if v is not None else local):
+                    return False
+            elif getattr(s, k) != v:
+                return False
+        return True
+
+    def pinned(self, key: str, values: Sequence) -> list:
+        """A search dimension's values, or only the --fix value of it (searched even where
+        the grid has no such value: a neutral one, gpipe, virtual_stages=3)."""
+        return [self.fixed[key]] if key in self.fixed else list(values)
 
     def threshold(self, fam_hint: Optional[str]) -> float:
         kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
@@ -124,6 +141,9 @@ def _search_structure(search: _Search, c: dict) -> None:
     ctx = search.ctx
     local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
     sizes = microbatches(ctx, c)
+    if sizes and "microbatch" in search.fixed:
+        b = search.fixed["microbatch"] or local
+        sizes = [b] if local % b == 0 and (c["pp"] == 1 or local // b >= c["pp"]) else []
     if not sizes or not _leanest_fits(search, c, sizes[-1], local):
         search.pruned["fits-nowhere"] = search.pruned.get("fits-nowhere", 0) + 1
         return
@@ -131,13 +151,29 @@ def _search_structure(search: _Search, c: dict) -> None:
         m = local // b
         fits_before = search.fitting
         plain = [_search_memory_knobs(search, c, b, m, sched, v, sp)
-                 for sched, v in schedules(ctx, c, m) for sp in sequence_parallel(ctx, c)]
+                 for sched, v in _pinned_schedules(search, c, m) for sp in search.pinned("sequence_parallel", sequence_parallel(ctx, c))]
         if c["pp"] == 1 and any(plain):
             search.pruned["micro-batch-when-needed"] = search.pruned.get("micro-batch-when-needed", 0) + 1
             break
         if c["pp"] > 1 and search.fitting == fits_before:  # activation memory grows with b
             search.pruned["micro-batch-too-big"] = search.pruned.get("micro-batch-too-big", 0) + 1
             break
+
+
+def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, int]]:
+    """(schedule, virtual stages) pairs of the grid, or those the --fix values pin: a fixed
+    schedule with the grid's chunk counts (or 1), a fixed chunk count with interleaved."""
+    pairs = schedules(search.ctx, c, m)
+    if "schedule" not in search.fixed and "virtual_stages" not in search.fixed:
+        return pairs
+    sched = search.fixed.get("schedule")
+    v = search.fixed.get("virtual_stages")
+    if sched is not None and v is not None:
+        return [(sched, v)]
+    if sched is not None:
+        vs = sorted({w for s, w in pairs if s is sched} | ({1} if sched is not Schedule.INTERLEAVED else set()))
+        return [(sched, w) for w in vs or [2]]
+    return [(Schedule.INTERLEAVED if v > 1 else Schedule.ONE_F_ONE_B, v)]
 
 
 def _leanest_fits(search: _Search, c: dict, b: int, local: int) -> bool:
@@ -155,10 +191,10 @@ def _leanest_fits(search: _Search, c: dict, b: int, local: int) -> bool:
 def _search_memory_knobs(search: _Search, c: dict, b: int, m: int, sched, v: int, sp: bool) -> bool:
     """Recompute (none, selective, full) x ZeRO stage x synchronisation period; True when the
     plain version (no recompute, zero 0) fits, which ends the recompute list."""
-    for rc in recomputes(search.ctx):
+    for rc in search.pinned("recompute", recomputes(search.ctx)):
         plain_fits = False
-        for zero in zero_stages(c):
-            for period in sync_periods(c):
+        for zero in search.pinned("zero", zero_stages(c)):
+            for period in search.pinned("sync_every", sync_periods(c)):
                 s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None,
                              schedule=sched, virtual_stages=v, recompute=rc, sequence_parallel=sp,
                              data_partition=c["data_partition"], sync=c["sync"], sync_every=period,
@@ -179,7 +215,7 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     profile_s = t0 - t_profile
     fixed = _fixed(fix)
     ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
-                        max_tp=2 * cluster.devices_per_node)
+                        max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
     search = _Search(model, ctx, objective, top_k, fixed)
     for c in structures(ctx, search.pruned):
         if any(k in c and c[k] != v for k, v in fixed.items()):
@@ -215,6 +251,20 @@ def _with_layout(e: Estimate) -> Estimate:
     if e.stages is None or e.strategy.stages is not None:
         return e
     return replace(e, strategy=replace(e.strategy, stages=e.stages))
+
+
+def _pinned_devices(fixed: dict[str, Any], devices: int, global_batch: int) -> Optional[int]:
+    """The device count --fix's degrees imply: dp * tp * pp * threads when dp is fixed, else
+    the most replicas of the fixed degrees that fit and divide the global batch (BLOOM's
+    tp=4,pp=12 on 1,024 GPUs and batch 1536: 16 replicas of 48)."""
+    unit = 1
+    for key in ("tp", "pp", "threads"):
+        unit *= fixed.get(key, 1)
+    if "dp" in fixed:
+        return unit * fixed["dp"]
+    if unit == 1:
+        return None
+    return next((unit * k for k in range(devices // unit, 0, -1) if global_batch % k == 0), None)
 
 
 def _fixed(fix: Optional[Strategy | dict]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class SearchContext:
     precision: Precision
     max_tp: int  # tensor parallel beyond this is not searched (2 nodes' worth by default)
     fewer_devices: bool = True  # also try using fewer devices than the cluster has
+    pinned_devices: Optional[int] = None  # the count --fix's degrees imply (dp*tp*pp, or a multiple of tp*pp)
 
     @property
     def facts(self) -> ModelFacts:
@@ -50,6 +51,8 @@ def device_counts(ctx: SearchContext, _: Partial) -> list[int]:
     if not ctx.fewer_devices:
         return [n]
     counts, d = {n}, n
+    if ctx.pinned_devices and ctx.pinned_devices <= n:
+        counts.add(ctx.pinned_devices)
     while d > 1:  # halving: the usual way a job shrinks
         d //= 2
         counts.add(d)
