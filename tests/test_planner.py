@@ -170,3 +170,13 @@ def test_fix_accepts_any_valid_value_and_keeps_it(fix):
             assert s.microbatch_size(1536) == int(value)
         else:
             assert Strategy.parse(item).to_dict()[key] == s.to_dict()[key], (key, s.to_text())
+
+
+def test_families_a_fix_excludes_say_so():
+    """Before: "pruned: cannot beat the plans found" for DDP and "schedule 1f1b needs
+    num_microbatches(1) >= pp(2)" for the pipeline family, under --fix tp=8 with a batch of 1536."""
+    result = plan(_recipe(GPT3, 1536, precision="bf16"), parse_cluster({"preset": "dgx-a100-80gb", "nodes": 128}),
+                  fix=parse_fix("tp=8"))
+    reasons = {r.family: r.reason for r in result.rejected}
+    assert "--fix tp=8" in reasons["data parallel (DDP)"]
+    assert "num_microbatches(1)" not in reasons["pipeline parallel"]

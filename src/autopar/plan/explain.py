@@ -148,8 +148,8 @@ _REPRESENTATIVE = {
     "data parallel by features": Strategy(dp=2, data_partition=DataPartition.FEATURES),
     "independent subnetworks": Strategy(dp=2, subnet=True, sync_every=4),
     "tensor parallel": Strategy(tp=2),
-    "pipeline parallel": Strategy(pp=2),
-    "hybrid (data x tensor x pipeline)": Strategy(dp=2, tp=2, pp=2),
+    "pipeline parallel": Strategy(pp=2, microbatch=1),  # micro-batches of one sample: as many as the batch allows
+    "hybrid (data x tensor x pipeline)": Strategy(dp=2, tp=2, pp=2, microbatch=1),
 }
 
 
@@ -158,7 +158,7 @@ _SHARDED = {"sharded data parallel (ZeRO-1/2)": 2, "fully sharded data parallel 
 
 def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Cluster, objective,
              family_bound: Optional[dict[str, float]] = None, family_smallest: Optional[dict[str, Estimate]] = None,
-             family_problem: Optional[dict[str, str]] = None) -> tuple:
+             family_problem: Optional[dict[str, str]] = None, fixed: Optional[dict] = None) -> tuple:
     out = []
     facts = model.facts
     won = family_of(w.strategy)
@@ -184,6 +184,10 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
             out.append(Rejected(fam, None, f"not applicable: {family_problem[fam]}"))
             continue
         rep = _REPRESENTATIVE[fam]
+        if fixed and family_of(replace(rep, **fixed)) != fam:
+            pinned = ",".join(f"{k}={getattr(v, 'value', v)}" for k, v in fixed.items())
+            out.append(Rejected(fam, None, f"not searched: --fix {pinned} leaves no strategy of this family"))
+            continue
         problem = plan_problem(rep, facts, model.work.global_batch, model.work.precision, None)
         if problem is None and rep.threads > 1 and not cluster.device.shared_memory:
             problem = f"{cluster.device.name} devices do not share memory"

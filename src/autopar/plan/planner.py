@@ -241,7 +241,7 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, chosen[0]))
                   for i, e in enumerate(chosen))
     rejected = explain.rejected(search.family_best, search.best[0], model, cluster, objective, search.family_bound,
-                                search.family_smallest, search.family_problem)
+                                search.family_smallest, search.family_problem, fixed)
     return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s, model.profile,
                       recipe_fingerprint(recipe))
 
