@@ -1,7 +1,9 @@
 """Planning speed: GPT-3 175B on 128 DGX-A100-80GB nodes (1,024 GPUs), global batch 1536.
 
-Prints the profile time, the full search's candidates and seconds, and the cost of one
-estimate. Targets (issues: planner, cost model): search <= 1 s on the 2-core CI machine;
+Prints the profile time, the full search's candidates and seconds (every divisor
+micro-batch, every chunk count, GPipe/1F1B/interleaved, sequence parallel on and off,
+recompute, ZeRO 0-3, fewer devices: ~640,000 points, see benchmarks/plan_oracle.py), the
+cost of one estimate, and how fast this CPU runs Python at the time. Targets (issues: planner, cost model): search <= 1 s on the 2-core CI machine;
 one estimate <= 100 us. For scale: Calculon needs ~11 CPU-minutes for a restricted
 184,000-point version of this search.
 
@@ -18,6 +20,15 @@ from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
 
 GPT3 = {"family": "gpt", "layers": 96, "hidden": 12288, "heads": 96, "seq_len": 2048, "vocab": 51200, "dropout": 0.1}
+
+
+def _python_speed_s() -> float:
+    """Seconds for 5 million interpreted additions: how fast this CPU runs Python now (shared
+    machines vary 2x from hour to hour), to read the search time against."""
+    t, total = time.perf_counter(), 0
+    for i in range(5_000_000):
+        total += i
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -46,6 +57,7 @@ def main() -> None:
             model.estimate(s)
         per = (time.perf_counter() - t) / n
         print(f"one estimate ({text}): {per * 1e6:.0f} us")
+    print(f"this CPU: 5e6 Python additions in {_python_speed_s():.2f} s (a quiet modern core: ~0.25 s)")
     print(f"targets: search <= 1 s: {'ok' if min(runs) <= 1 else 'MISSED'}")
 
 

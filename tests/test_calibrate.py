@@ -1,9 +1,12 @@
 """autopar calibrate: the fit recovers known link parameters; the command writes a cluster
 file the planner reads, whole or not at all."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
+from autopar.calibrate import cache
 from autopar.calibrate.fit import fit_alpha_beta, gather_slowdown, link_from_all_reduce
 from autopar.cli.main import main
 from autopar.cost import collectives as coll
@@ -38,3 +41,25 @@ def test_calibrate_writes_a_cluster_the_planner_uses(tmp_path, capsys):
     missing = tmp_path / "no" / "such" / "dir" / "c.yaml"
     assert main(["calibrate", "--quick", "--out", str(missing)]) == 2
     assert "--out" in capsys.readouterr().err and not missing.parent.exists()
+
+
+def test_local_means_this_machine_measured_once_and_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(tmp_path))
+    measured = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cluster-local.yaml").read_text())
+    calls = []
+
+    def fake_measure():
+        calls.append(1)
+        return measured
+
+    monkeypatch.setattr(cache, "_measure", fake_measure)
+    first = parse_cluster({"preset": "local"})
+    again = parse_cluster({"preset": "local", "nodes": 2})
+    assert len(calls) == 1  # measured on first use, then read back
+    assert first.device.name == "cpu-calibrated" and again.nodes == 2 and first.device.peak_flops == again.device.peak_flops
+    record = yaml.safe_load(next(tmp_path.glob("local-*.yaml")).read_text())
+    assert record["machine"] == cache.machine_key() and "load_average_before" in record
+    other = {**cache.machine_key(), "cpu": "another CPU model"}
+    monkeypatch.setattr(cache, "machine_key", lambda: other)
+    parse_cluster({"preset": "local"})
+    assert len(calls) == 2 and len(list(tmp_path.glob("local-*.yaml"))) == 2  # another machine: measured again

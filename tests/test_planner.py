@@ -180,3 +180,24 @@ def test_families_a_fix_excludes_say_so():
     reasons = {r.family: r.reason for r in result.rejected}
     assert "--fix tp=8" in reasons["data parallel (DDP)"]
     assert "num_microbatches(1)" not in reasons["pipeline parallel"]
+
+
+def test_device_advice_is_a_node_count_that_fits_whatever_the_cluster_size():
+    """'fits nowhere' names the fewest nodes where a plan was found, the same from 1 or 2
+    nodes (it read 'about 62 devices' on one cluster and 'about 114' on a bigger one)."""
+    recipe = _recipe({"family": "gpt", "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 2048, "vocab": 50257}, 64,
+                     optimizer="adam", precision="fp32")
+    small = {"device": {"name": "gpu8", "memory_GB": 8, "peak_tflops": {"fp32": 20}, "memory_bandwidth_GBps": 900},
+             "devices_per_node": 2, "intra_node": {"bandwidth_GBps": 100}, "inter_node": {"bandwidth_GBps": 25}}
+    answers = []
+    for nodes in (1, 2):
+        with pytest.raises(InputError) as err:
+            plan(recipe, parse_cluster({**small, "nodes": nodes}))
+        text = str(err.value)
+        assert "fits nowhere" in text and " nodes (" in text, text
+        answers.append(int(text.split("try ")[1].split(" nodes")[0]))
+    assert answers[0] == answers[1]
+    needed = answers[0]
+    assert plan(recipe, parse_cluster({**small, "nodes": needed})).plans[0].estimate.fits
+    with pytest.raises(InputError):
+        plan(recipe, parse_cluster({**small, "nodes": needed - 1}))

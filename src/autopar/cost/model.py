@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from autopar.cost import collectives as coll
 from autopar.cost.compute import DeviceRate
@@ -78,6 +78,7 @@ class RankSet:
     time_sum: float
     max_params: float
     chunk_max_s: float = 0.0  # slowest chunk's compute (interleaved schedules)
+    distinct: tuple[Rank, ...] = ()  # one rank per set of equal sync inputs (params, times to the nanosecond)
 
 
 class CostModel:
@@ -117,8 +118,8 @@ class CostModel:
         est = self._evaluate(s, table, counts, m, topo, rate)
         if not est.fits and s.pp > 1 and s.virtual_stages == 1 and s.stages is None and self._relayout_may_fit(s, table, counts, m, topo):
             # the time-balanced cut does not fit: cut again, balancing time under a memory cap
-            lean = pipeline_cost.memory_layout(table, self.profile.cuts, s.pp, self._state_bytes_per_param(s),
-                                               self._in_flight(s, m), self._capacity(s) - self.reserve_bytes)
+            lean = pipeline_cost.memory_layout(table, self.profile.cuts, s.pp, self.state_bytes_per_param(s),
+                                               self._in_flight(s, m), self.capacity_bytes(s) - self.reserve_bytes)
             if lean is not None and lean != counts:
                 other = self._evaluate(s, table, lean, m, topo, rate)
                 est = other if other.fits else est
@@ -134,33 +135,48 @@ class CostModel:
             "tp_comm": m * slow.tp_s,
             "pp_comm": m * slow.p2p_s,
             "bubble": bubble_s,
-            "dp_comm": self._sync_s(s, slow, m, topo),
+            "dp_comm": self._sync_s(s, rs.distinct, m, topo),
             "optimizer": data_cost.optimizer_step_s(rs.max_params, self.per_param, s.zero, s.dp, self.work.precision.is_mixed,
                                                     rate.bandwidth_Bps * self.eff.memory_bandwidth),
             "data": self._loading_s(s, pipe_s),
         }
         return self._assemble(s, time, self._memory(s, rs.ranks, m, table), counts)
 
-    def _sync_s(self, s: Strategy, slow: Rank, m: int, topo: Topology) -> float:
-        """Exposed gradient / parameter synchronisation of one step over the dp group."""
+    def _sync_s(self, s: Strategy, ranks: Sequence[Rank], m: int, topo: Topology) -> float:
+        """Exposed gradient / parameter synchronisation of one step: each pipeline rank's dp
+        group synchronises its own layers, and the step waits for the one exposing most."""
+        if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
+            return 0.0
+        return max(self.rank_sync_s(s, r, m, topo) for r in ranks)
+
+    def rank_sync_s(self, s: Strategy, r: Rank, m: int, topo: Topology, last_bucket_waits: bool = True) -> float:
+        """One pipeline rank's exposed synchronisation over its dp group. A sharded stage moves
+        at least DDP's bytes through the same group (ZeRO-1/2: reduce-scatter + all-gather =
+        one all-reduce; ZeRO-3: that per micro-batch plus a second gather), so it never
+        exposes less than DDP would. With `last_bucket_waits=False` (no one-bucket minimum) it
+        is convex in the rank's (params, times), so plan/bounds.py bounds the maximum over
+        ranks by its value at their average (Jensen's inequality)."""
         if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
             return 0.0
         cl, eff, (p, g, _) = self.cluster, self.eff, self.per_param
         if s.subnet:
             return local_sgd_cost.averaging_s(subnet_cost.partitioned_params(self.stats) * p / s.dp, topo.dp, s.sync_every, cl, eff)
         if s.sync is Sync.ASYNC:
-            return local_sgd_cost.averaging_s(slow.params * 4, topo.dp, s.sync_every, cl, eff)
-        window = slow.backward_s * self.comm_overlap
+            return local_sgd_cost.averaging_s(r.params * 4, topo.dp, s.sync_every, cl, eff)
+        window = r.backward_s * self.comm_overlap
         link = cl.intra_node if topo.dp.nodes == 1 else cl.inter_node
+        ddp = data_cost.ddp_sync(r.params * g, topo.dp, window, cl, eff, last_bucket_waits).exposed_s * link.ddp_factor
         if s.zero == 0:
-            return data_cost.ddp_sync(slow.params * g, topo.dp, window, cl, eff).exposed_s * link.ddp_factor
+            return ddp
         if s.zero in (1, 2):  # ZeRO-1 runs as DDP + sharded optimizer, ZeRO-2 as FSDP2 (techniques/data/apply.py)
             factor = link.ddp_factor if s.zero == 1 else link.fsdp_factor
-            return data_cost.zero12_sync(slow.params * g, slow.params * p, topo.dp, window, cl, eff).exposed_s * factor
+            return max(ddp, data_cost.zero12_sync(r.params * g, r.params * p, topo.dp, window, cl, eff, last_bucket_waits).exposed_s * factor)
         gathers = 3 if s.recompute is Recompute.FULL else 2
-        busy = m * (slow.compute_s + slow.recompute_s + slow.tp_s) * self.comm_overlap
-        return data_cost.zero3_sync_s(slow.params * p, slow.params * g, gathers, m, busy, 1 / max(1, self.n_layers),
-                                      topo.dp, cl, eff, link.fsdp_factor)
+        o = self.comm_overlap
+        forward_busy = m * (r.compute_s - r.backward_s + r.tp_s / 2) * o
+        backward_busy = m * (r.backward_s + r.recompute_s + r.tp_s / 2) * o
+        return max(ddp, data_cost.zero3_sync_s(r.params * p, r.params * g, gathers, m, forward_busy, backward_busy,
+                                               1 / max(1, self.n_layers), topo.dp, cl, eff, link.fsdp_factor))
 
     def _loading_s(self, s: Strategy, busy_s: float) -> float:
         """Input batches: read from storage when a node's shard exceeds its host memory, then
@@ -175,7 +191,7 @@ class CostModel:
 
     def _memory(self, s: Strategy, ranks: list[Rank], m: int, table: LayerTable) -> dict[str, float]:
         """The peak over pipeline ranks of states + activations in flight + buffers + reserve."""
-        per_param = self._state_bytes_per_param(s)
+        per_param = self.state_bytes_per_param(s)
         flights = self._in_flight(s, m)
         peak = max(range(len(ranks)), key=lambda r: ranks[r].params * per_param + ranks[r].activation_bytes * flights[r]
                    + ranks[r].working_bytes + 2 * ranks[r].boundary_bytes)
@@ -195,7 +211,7 @@ class CostModel:
     def _assemble(self, s: Strategy, time: dict[str, float], mem: dict[str, float], counts) -> Estimate:
         w = self.work
         step = sum(time.values())
-        capacity = self._capacity(s)
+        capacity = self.capacity_bytes(s)
         fits = mem["total"] <= capacity
         flops = self.flops_per_sample(s) * w.global_batch
         tflops = flops / step / s.devices if step > 0 else 0.0
@@ -238,10 +254,10 @@ class CostModel:
         """Ranks ZeRO shards over: the dp group of synchronous sample-parallel replicas."""
         return s.dp if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
 
-    def _state_bytes_per_param(self, s: Strategy) -> float:
+    def state_bytes_per_param(self, s: Strategy) -> float:
         return data_cost.model_state_bytes(1.0, self.per_param, s.zero, self._shard_group(s)).total
 
-    def _capacity(self, s: Strategy) -> float:
+    def capacity_bytes(self, s: Strategy) -> float:
         return self.cluster.device.memory_bytes * s.threads
 
     def _in_flight(self, s: Strategy, m: int) -> tuple[float, ...]:
@@ -251,9 +267,9 @@ class CostModel:
         """Moving layers between stages cannot bring the fullest stage below the average:
         skip the memory-aware cut when even the average stage overflows."""
         ranks = self.ranks(s, table, counts, topo).ranks
-        per_param, flights = self._state_bytes_per_param(s), self._in_flight(s, m)
+        per_param, flights = self.state_bytes_per_param(s), self._in_flight(s, m)
         average = sum(r.params * per_param + r.activation_bytes * f for r, f in zip(ranks, flights)) / len(ranks)
-        return average <= self._capacity(s) - self.reserve_bytes
+        return average <= self.capacity_bytes(s) - self.reserve_bytes
 
     # ---------------------------------------------------------- tables (cached)
 
@@ -316,12 +332,17 @@ class CostModel:
             return None
         if s.stages is not None:
             return s.stages
-        runs = pipeline_cost.block_runs(table.times, self.profile.cuts)
-        ref = max(t for t, _ in runs) or 1.0
-        key = (chunks, tuple((round(t / ref, 4), n) for t, n in runs))  # shared by tables of the same shape
-        if key not in self._layouts:
-            self._layouts[key] = pipeline_cost.layout_runs(runs, chunks)
-        return self._layouts[key]
+        first = (id(table), chunks)
+        if first not in self._layouts:
+            runs = pipeline_cost.block_runs(table.times, self.profile.cuts)
+            ref = max(t for t, _ in runs) or 1.0
+            # a pure function of the rounded shape, so every table of that shape gets one layout
+            # whichever is priced first (the search and a brute force agree to the bit)
+            shape = (chunks, tuple((round(t / ref, 4), n) for t, n in runs))
+            if shape not in self._layouts:
+                self._layouts[shape] = pipeline_cost.layout_runs(list(shape[1]), chunks)
+            self._layouts[first] = self._layouts[shape]
+        return self._layouts[first]
 
     def with_stages(self, s: Strategy) -> Strategy:
         """`s` with the stage layout this model prices for it written in: what `autopar run`
@@ -338,28 +359,38 @@ class CostModel:
             ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers)
             ranks = [self._rank(s, table, chunks, topo) for chunks in ranges]
             chunk_max = max(table.range_time(a, e) for chunks in ranges for a, e in chunks) if s.virtual_stages > 1 else 0.0
+            distinct = {(round(r.params), round(r.backward_s * 1e9), round(r.compute_s * 1e9), round(r.recompute_s * 1e9),
+                         round(r.tp_s * 1e9)): r for r in ranks}  # ranks of equal blocks differ only by rounding
             found = self._ranks[key] = RankSet(ranks, max(ranks, key=lambda r: r.time_s), sum(r.time_s for r in ranks),
-                                               max(r.params for r in ranks), chunk_max)
+                                               max(r.params for r in ranks), chunk_max, tuple(distinct.values()))
         return found
 
     def _rank(self, s: Strategy, table: LayerTable, chunks: list[tuple[int, int]], topo: Topology) -> Rank:
-        rs = table.range_sum
         p2p = 0.0
         if s.pp > 1:
             p2p = pipeline_cost.p2p_s(chunks, lambda i: table.costs[i].output_bytes, self.n_layers, s.tp, s.sequence_parallel,
                                       topo.pp_crosses_nodes, topo.used_per_node, topo.tp, self.cluster, self.eff)
+        fwd, bwd, rec, tpf, tpb, par, act = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s",
+                                                                       "tp_backward_s", "params", "activation_bytes"))
+        sums = [0.0] * 7
+        for a, e in chunks:  # one pass over the chunks, seven prefix-sum differences each
+            sums[0] += fwd[e] - fwd[a]
+            sums[1] += bwd[e] - bwd[a]
+            sums[2] += rec[e] - rec[a]
+            sums[3] += tpf[e] - tpf[a] + tpb[e] - tpb[a]
+            sums[4] += par[e] - par[a]
+            sums[5] += act[e] - act[a]
         return Rank(
-            compute_s=sum(rs("forward_s", a, e) + rs("backward_s", a, e) for a, e in chunks),
-            recompute_s=sum(rs("recompute_s", a, e) for a, e in chunks),
-            tp_s=sum(rs("tp_forward_s", a, e) + rs("tp_backward_s", a, e) for a, e in chunks),
+            compute_s=sums[0] + sums[1],
+            recompute_s=sums[2],
+            tp_s=sums[3],
             p2p_s=p2p,
-            backward_s=sum(rs("backward_s", a, e) for a, e in chunks),
-            params=sum(rs("params", a, e) for a, e in chunks),
-            activation_bytes=sum(rs("activation_bytes", a, e) for a, e in chunks),
+            backward_s=sums[1],
+            params=sums[4],
+            activation_bytes=sums[5],
             working_bytes=max(table.max_working(a, e) for a, e in chunks),
             boundary_bytes=max(table.costs[e - 1].output_bytes for a, e in chunks) if s.pp > 1 else 0.0,
         )
-
 
 def estimate(recipe: Recipe, cluster: Cluster, strategy: Strategy, profile: Optional[ModelProfile] = None) -> Estimate:
     """One-call API: profile the recipe's model (unless given) and estimate the strategy."""

@@ -9,7 +9,8 @@ from typing import Optional
 from autopar.cost.estimate import Estimate
 from autopar.errors import InputError
 from autopar.plan.families import FAMILIES, family_of
-from autopar.plan.result import Rejected
+from autopar.plan.result import Rejected, score
+from autopar.plan.space import SearchContext, device_counts
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Sync
 from autopar.spec.strategy import Strategy
@@ -110,9 +111,26 @@ def why_not(s: Strategy, best: Estimate, model, cluster: Cluster, objective) -> 
     if problem is not None:
         return f"cannot run: {problem}"
     e = model.estimate(s, check=False)
-    if e.fits and e.time_to_train_s <= best.time_to_train_s:
-        return f"it would not lose: {_s(e.step_time_s)} per step vs {_s(best.step_time_s)} (it is among the best plans)"
+    if e.fits and score(e, objective) < score(best, objective) * (1 - 1e-9):
+        return (f"it beats plan 1: {_s(e.step_time_s)} per step vs {_s(best.step_time_s)}, "
+                f"{score(best, objective) / score(e, objective):.4g}x better; {outside_space(s, cluster)}")
+    if e.fits and score(e, objective) <= score(best, objective) * (1 + 1e-9):
+        return f"it would not lose: {_s(e.step_time_s)} per step, as fast as plan 1 (a tie: plan 1 uses less memory or fewer devices)"
     return _loss_reason(e, best, cluster, objective, leanest=False)
+
+
+def outside_space(s: Strategy, cluster: Cluster) -> str:
+    """Why the search did not return a strategy that beats its plan 1: the part of it that lies
+    outside the searched space (the search is exact inside it, tests/test_planner_oracle.py)."""
+    if s.stages is not None:
+        return f"its hand-set stage layout {'/'.join(map(str, s.stages))} is not searched (the planner balances stages itself)"
+    if s.tp > 2 * cluster.devices_per_node:
+        return f"tp={s.tp} is not searched (tensor parallel is searched up to 2 nodes' worth, {2 * cluster.devices_per_node})"
+    ctx = SearchContext(None, cluster, 0, None, max_tp=0)  # device_counts reads the cluster only
+    if s.devices not in device_counts(ctx, {}):
+        return (f"{s.devices} devices is not a count the search tries (the cluster, its halvings, "
+                "and whole nodes in powers of two)")
+    return "the search should have found it: please report this recipe (a planner bug)"
 
 
 def _loss_reason(f: Estimate, w: Estimate, cluster: Cluster, objective, leanest: bool = True) -> str:
@@ -197,15 +215,22 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
     return tuple(out)
 
 
-def nothing_fits(smallest: dict[str, Estimate], cluster: Cluster, fixed: dict) -> InputError:
+def nothing_fits(smallest: dict[str, Estimate], cluster: Cluster, fixed: dict,
+                 needed: Optional[tuple[int, Strategy]] = None) -> InputError:
+    """The recipe fits nowhere: the leanest plan's need, and the fewest nodes that do fit (a plan
+    found there, planner._nodes_needed) or the knobs that save memory."""
     if not smallest:
         return InputError("--fix" if fixed else "recipe", fixed or None, "no valid strategy for this model and cluster")
     e = min(smallest.values(), key=lambda x: x.memory_per_device_bytes)
     cap = cluster.device.memory_bytes * e.strategy.threads
     need = e.memory_per_device_bytes
-    factor = need / cap
-    hints = [f"about {int(-(-cluster.devices * factor // 1))} devices of this kind" if e.strategy.zero >= 3 or e.strategy.pp > 1 else "more devices"]
     s = e.strategy
+    hints = []
+    if needed is not None:
+        nodes, there = needed
+        hints.append(f"{nodes} nodes ({nodes * cluster.devices_per_node} devices) of this kind, where {there.to_text()} fits")
+    else:
+        hints.append("more devices")
     if s.recompute is not Recompute.FULL:
         hints.append("recompute=full")
     if s.zero < 3 and s.dp > 1:

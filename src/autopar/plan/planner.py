@@ -1,32 +1,34 @@
 """`plan(recipe, cluster)`: search the space, rank by time to train, explain.
 
-Search: structures from plan.space in order of decreasing device count; inside each,
-the knobs (micro-batch, schedule, sequence parallel, recompute, ZeRO stage). Three
-named prunings keep it fast without losing the optimum:
-  - bound: a structure whose lower-bound time (its busiest rank's compute and
-    tensor-parallel time, no bubble, no synchronisation) cannot beat both the K-th
-    best plan and its family's best is skipped;
-  - recompute-when-needed: recomputation is tried none, selective, full; the first
-    that fits without ZeRO ends the list (more recompute only adds work);
-  - micro-batch-when-needed: without a pipeline, smaller micro-batches only save
-    memory; once the largest fits without recompute, smaller ones are skipped;
-  - micro-batch-too-big: with a pipeline, sizes go up from 1; once a size fits in no
-    way (any schedule, recompute or ZeRO stage), larger ones cannot either;
-  - fits-nowhere: a structure whose least-memory candidate (smallest micro-batch, most
-    recompute, highest ZeRO stage) does not fit is not searched further.
-Every ZeRO stage is evaluated: sharding adds communication but also divides the
-optimizer step, so a higher stage can be faster.
+The space (plan.space, techniques/*/space.py) is every structure (dp x tp x pp x threads,
+sync, partition, subnet, on the cluster or fewer devices) times every knob: each
+micro-batch size dividing the per-replica batch, 1F1B / GPipe / interleaved with every
+valid chunk count, sequence parallel off and on, each recompute mode, ZeRO 0-3, each
+averaging period. The search returns the cost model's optimum over all of it (and each
+family's best, which the explanations quote) by branch and bound on floors
+(plan/bounds.py), which are true lower bounds of the same cost model:
+  - nodes (a structure at one micro-batch size) are taken best floor first;
+  - step-time floor: a node, then a (schedule, chunks, sequence parallel) and a recompute
+    mode under it, whose floor is above both the K-th best plan and its family's best, is
+    skipped;
+  - memory floor: a node, or a (recompute, ZeRO stage) under it, whose peak rank must
+    hold more than the device does, is skipped.
+No other pruning: tests/test_planner_oracle.py checks plan 1 against brute force.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
-from autopar.cost.estimate import Estimate
+from autopar.cost.estimate import Estimate, Workload
 from autopar.cost.model import CostModel
+from autopar.errors import InputError
 from autopar.plan import explain
+from autopar.plan.bounds import NodeFloors
 from autopar.plan.families import family_of
 from autopar.plan.result import Objective, Plan, PlanResult, rank_key, recipe_fingerprint, score
 from autopar.plan.space import SearchContext, structures
@@ -60,6 +62,14 @@ class _Search:
     family_bound: dict[str, float] = field(default_factory=dict)  # least lower bound of pruned structures (score)
     family_problem: dict[str, str] = field(default_factory=dict)  # why a family's structures cannot run at all
     seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
+    lean: dict[str, tuple[float, Strategy]] = field(default_factory=dict)  # per family, the least memory floor the memory floor removed
+
+    def note_lean(self, s: Strategy, floor_bytes: float) -> None:
+        """Remember a setting the memory floor removed: for a family with no other candidate it
+        is priced at the end, so 'needs X GB per device even at its leanest' has its numbers."""
+        fam = family_of(s)
+        if fam not in self.family_smallest and (fam not in self.lean or floor_bytes < self.lean[fam][0]):
+            self.lean[fam] = (floor_bytes, s)
 
     def consider(self, s: Strategy) -> Optional[Estimate]:
         if not self.matches_fixed(s):
@@ -114,101 +124,151 @@ class _Search:
         return max(kth, fam_score)
 
 
-def _lower_bound(search: _Search, c: dict) -> float:
-    """A time no strategy of structure c can beat: its busiest rank's compute and
-    tensor-parallel time per sample at the most efficient micro-batch, times the samples
-    that rank must process (no bubble, no synchronisation, no memory limit)."""
-    m = search.model
-    ideal = m.model_flops_per_sample * search.ctx.global_batch / (c["devices"] * m.peak * m.eff.gemm_max)
-    if c["data_partition"].value == "samples" and not c["subnet"]:
-        b = microbatches(search.ctx, c)[0] if c["pp"] == 1 else min(16, microbatches(search.ctx, c)[0])
-        s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], threads=c["threads"], microbatch=b,
-                     sequence_parallel=sequence_parallel(search.ctx, c)[0])
-        topo = m.topology(s)
-        table = m.table(s, b, topo, m.rate(s, topo.used_per_node))
-        per_sample = (table.time[-1] - sum(x.recompute_s for x in table.costs)) / b
-        ideal = max(ideal, per_sample * search.ctx.global_batch / (c["dp"] * c["pp"]))
-    steps = m.work.steps
+def _score_floor(search: _Search, f: NodeFloors, step_s: float) -> float:
+    """The objective's floor for a step-time floor (result.score's formula)."""
     if search.objective is Objective.THROUGHPUT:
-        return ideal
-    if search.objective is Objective.DEVICES:
-        return ideal * steps * c["devices"]
-    return ideal * steps
+        return step_s
+    ttt = step_s * f.steps * f.steps_factor_min
+    return ttt * f.devices if search.objective is Objective.DEVICES else ttt
 
 
-def _search_structure(search: _Search, c: dict) -> None:
-    """Knobs inside one structure (see the module docstring for the prunings)."""
+def _beaten(search: _Search, fam: str, floor: float) -> bool:
+    """The floor is above the plans kept (the K-th best and the family's best): nothing
+    under it can enter the ranking (ties are kept: rank_key rounds to 1e-9)."""
+    return floor > search.threshold(fam) * (1 + 1e-12) + 1e-9
+
+
+def _count(search: _Search, name: str) -> None:
+    search.pruned[name] = search.pruned.get(name, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A structure at one micro-batch size, with its floors."""
+
+    floor: float  # objective floor over every knob setting
+    order: int
+    c: dict
+    b: int
+    fam: str
+    f: NodeFloors
+    knobs: tuple  # (schedule pairs, sequence parallel values, recompute modes, ZeRO stages, periods)
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """A structure before its micro-batch sizes are split into nodes."""
+
+    c: dict
+    fam: str
+    sizes: tuple[int, ...]  # micro-batch sizes, largest first
+    knobs: tuple
+
+
+def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Structure]]:
+    """The structure with its floor: the pipeline's per-sample floor at the largest micro-batch
+    (per-sample time never grows with the micro-batch in the cost model: weights, launches
+    and latencies amortise, GEMMs get wider; tests/test_planner_oracle.py checks it), or
+    None when even its least-memory setting at the smallest micro-batch cannot fit."""
     ctx = search.ctx
+    sps = search.pinned("sequence_parallel", sequence_parallel(ctx, c))
+    rcs = search.pinned("recompute", recomputes(ctx))
+    zeros = search.pinned("zero", zero_stages(c))
+    periods = search.pinned("sync_every", sync_periods(c))
     local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
     sizes = microbatches(ctx, c)
-    if sizes and "microbatch" in search.fixed:
+    if "microbatch" in search.fixed:
         b = search.fixed["microbatch"] or local
-        sizes = [b] if local % b == 0 and (c["pp"] == 1 or local // b >= c["pp"]) else []
-    if not sizes or not _leanest_fits(search, c, sizes[-1], local):
-        search.pruned["fits-nowhere"] = search.pruned.get("fits-nowhere", 0) + 1
-        return
-    for b in sizes if c["pp"] == 1 else reversed(sizes):  # with a pipeline: smallest first
+        sizes = [b] if b in sizes else []
+    if not sizes:
+        return None
+    st = _Structure(c, fam, tuple(sizes), (sps, rcs, zeros, periods))
+    small = NodeFloors(search.model, c, sizes[-1], local // sizes[-1], periods)
+    if small.least_bytes(sps, Schedule.ONE_F_ONE_B, rcs, zeros) > small.capacity_bytes:
+        _count(search, "memory floor")
+        pairs = _pinned_schedules(search, c, local // sizes[-1])
+        if pairs:
+            _note_leanest(search, _Node(0.0, 0, c, sizes[-1], fam, small, (pairs, sps, rcs, zeros, periods)))
+        return None
+    big = NodeFloors(search.model, c, sizes[0], local // sizes[0], periods)
+    rest = min(big.optimizer_s(sps[0], Recompute.NONE, z) for z in zeros)
+    return _score_floor(search, big, min(big.per_sample_pipe_s(sp) for sp in sps) + rest), st
+
+
+def _nodes(search: _Search, st: _Structure) -> list[_Node]:
+    ctx, out, c = search.ctx, [], st.c
+    sps, rcs, zeros, periods = st.knobs
+    local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
+    for b in st.sizes:
         m = local // b
-        fits_before = search.fitting
-        plain = [_search_memory_knobs(search, c, b, m, sched, v, sp)
-                 for sched, v in _pinned_schedules(search, c, m) for sp in search.pinned("sequence_parallel", sequence_parallel(ctx, c))]
-        if c["pp"] == 1 and any(plain):
-            search.pruned["micro-batch-when-needed"] = search.pruned.get("micro-batch-when-needed", 0) + 1
-            break
-        if c["pp"] > 1 and search.fitting == fits_before:  # activation memory grows with b
-            search.pruned["micro-batch-too-big"] = search.pruned.get("micro-batch-too-big", 0) + 1
-            break
+        pairs = _pinned_schedules(search, c, m)
+        if not pairs:
+            continue
+        f = NodeFloors(search.model, c, b, m, periods)
+        # pipeline floor without recompute (it only adds), optimizer at its least, no sync
+        rest = min(f.optimizer_s(sps[0], Recompute.NONE, z) for z in zeros)
+        floor = min(f.any_pipe_s(sp) for sp in sps) + rest
+        out.append(_Node(_score_floor(search, f, floor), len(out), c, b, st.fam, f, (pairs, sps, rcs, zeros, periods)))
+    return out
+
+
+def _expand(search: _Search, n: _Node) -> None:
+    """Every knob setting of a node whose floors do not rule it out."""
+    c, f = n.c, n.f
+    pairs, sps, rcs, zeros, periods = n.knobs
+    cap = f.capacity_bytes
+    for sp in sps:
+        rests = {(rc, z): f.rest_s(sp, rc, z) for rc in rcs for z in zeros}
+        least_rest = min(rests.values())
+        for sched, v in pairs:
+            if _beaten(search, n.fam, _score_floor(search, f, f.pipe_s(sp, sched, v) + least_rest)):
+                _count(search, "step-time floor")
+                continue
+            for rc in rcs:
+                pipe = f.pipe_s(sp, sched, v, rc)
+                for zero in zeros:
+                    if _beaten(search, n.fam, _score_floor(search, f, pipe + rests[(rc, zero)])):
+                        _count(search, "step-time floor")
+                        continue
+                    need = f.bytes(sp, sched, rc, zero)
+                    if need > cap:
+                        _count(search, "memory floor")
+                        search.note_lean(_setting(c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]), need)
+                        continue
+                    for period in periods:
+                        search.consider(_setting(c, n.b, f.m, sched, v, sp, rc, zero, period))
+
+
+def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Recompute, zero: int, period: int) -> Strategy:
+    return Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None, schedule=sched, virtual_stages=v,
+                    recompute=rc, sequence_parallel=sp, data_partition=c["data_partition"], sync=c["sync"], sync_every=period,
+                    subnet=c["subnet"], threads=c["threads"])
+
+
+def _note_leanest(search: _Search, n: _Node) -> None:
+    """A node the memory floor removed: its least-memory setting per ZeRO stage (each stage may
+    be another family: DDP, ZeRO-1/2, ZeRO-3)."""
+    c, f = n.c, n.f
+    pairs, sps, rcs, zeros, periods = n.knobs
+    sched, v = min(pairs, key=lambda p: (p[0] is Schedule.GPIPE, p[1]))
+    for zero in zeros:
+        sp, rc = min(((sp, rc) for sp in sps for rc in rcs), key=lambda k: f.bytes(k[0], sched, k[1], zero))
+        search.note_lean(_setting(c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]), f.bytes(sp, sched, rc, zero))
 
 
 def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, int]]:
-    """(schedule, virtual stages) pairs of the grid, or those the --fix values pin: a fixed
-    schedule with the grid's chunk counts (or 1), a fixed chunk count with interleaved."""
+    """(schedule, virtual stages) pairs of the space, or those the --fix values pin."""
     pairs = schedules(search.ctx, c, m)
-    if "schedule" not in search.fixed and "virtual_stages" not in search.fixed:
-        return pairs
-    sched = search.fixed.get("schedule")
-    v = search.fixed.get("virtual_stages")
-    if sched is not None and v is not None:
-        return [(sched, v)]
-    if sched is not None:
-        vs = sorted({w for s, w in pairs if s is sched} | ({1} if sched is not Schedule.INTERLEAVED else set()))
-        return [(sched, w) for w in vs or [2]]
-    return [(Schedule.INTERLEAVED if v > 1 else Schedule.ONE_F_ONE_B, v)]
-
-
-def _leanest_fits(search: _Search, c: dict, b: int, local: int) -> bool:
-    """The structure's least-memory candidate: smallest micro-batch, 1F1B, most recompute,
-    highest ZeRO stage, longest period. If it does not fit, nothing of the structure does."""
-    ctx = search.ctx
-    lean = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero_stages(c)[-1], microbatch=b if local // b > 1 else None,
-                    recompute=recomputes(ctx)[-1], sequence_parallel=sequence_parallel(ctx, c)[-1],
-                    data_partition=c["data_partition"], sync=c["sync"], sync_every=sync_periods(c)[-1],
-                    subnet=c["subnet"], threads=c["threads"])
-    e = search.consider(lean)
-    return e is None or e.fits
-
-
-def _search_memory_knobs(search: _Search, c: dict, b: int, m: int, sched, v: int, sp: bool) -> bool:
-    """Recompute (none, selective, full) x ZeRO stage x synchronisation period; True when the
-    plain version (no recompute, zero 0) fits, which ends the recompute list."""
-    for rc in search.pinned("recompute", recomputes(search.ctx)):
-        plain_fits = False
-        for zero in search.pinned("zero", zero_stages(c)):
-            for period in search.pinned("sync_every", sync_periods(c)):
-                s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None,
-                             schedule=sched, virtual_stages=v, recompute=rc, sequence_parallel=sp,
-                             data_partition=c["data_partition"], sync=c["sync"], sync_every=period,
-                             subnet=c["subnet"], threads=c["threads"])
-                e = search.consider(s)
-                plain_fits |= e is not None and e.fits and zero == 0
-        if plain_fits:
-            search.pruned["recompute-when-needed"] = search.pruned.get("recompute-when-needed", 0) + 1
-            return rc is Recompute.NONE
-    return False
+    if "schedule" in search.fixed:
+        pairs = [p for p in pairs if p[0] is search.fixed["schedule"]]
+    if "virtual_stages" in search.fixed:
+        v = search.fixed["virtual_stages"]
+        pairs = [p for p in pairs if p[1] == v] or ([(Schedule.INTERLEAVED, v)] if v > 1 and c["pp"] > 1 and "schedule" not in search.fixed else [])
+    return pairs
 
 
 def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Strategy | dict] = None,
-         objective: Objective = Objective.TIME, profile: Optional[ModelProfile] = None) -> PlanResult:
+         objective: Objective = Objective.TIME, profile: Optional[ModelProfile] = None, advise: bool = True) -> PlanResult:
     t_profile = time.perf_counter()
     model = CostModel.for_recipe(recipe, cluster, profile)
     t0 = time.perf_counter()
@@ -217,6 +277,8 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
                         max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
     search = _Search(model, ctx, objective, top_k, fixed)
+    heap: list[tuple[float, int, Any]] = []  # best floor first: good plans early lower the thresholds
+    tie = itertools.count()
     for c in structures(ctx, search.pruned):
         if any(k in c and c[k] != v for k, v in fixed.items()):
             continue
@@ -226,17 +288,34 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
             local = ctx.global_batch // c["dp"]
             search.family_problem.setdefault(fam, f"per-replica batch {local} < pp {c['pp']}: a pipeline of {c['pp']} stages "
                                                   f"needs at least {c['pp']} micro-batches (dp={c['dp']})")
-            search.pruned["batch-below-pp"] = search.pruned.get("batch-below-pp", 0) + 1
+            _count(search, "batch-below-pp")
             continue
-        bound = _lower_bound(search, c)
-        if bound > search.threshold(fam):
-            search.pruned["bound"] = search.pruned.get("bound", 0) + 1
-            search.family_bound[fam] = min(bound, search.family_bound.get(fam, float("inf")))
+        found = _structure(search, c, fam)
+        if found is not None:
+            heapq.heappush(heap, (found[0], next(tie), found[1]))
+    while heap:
+        floor, _, item = heapq.heappop(heap)
+        if _beaten(search, item.fam, floor):
+            _count(search, "step-time floor")
+            search.family_bound[item.fam] = min(floor, search.family_bound.get(item.fam, float("inf")))
             continue
-        _search_structure(search, c)
+        if isinstance(item, _Structure):
+            for n in _nodes(search, item):
+                heapq.heappush(heap, (n.floor, next(tie), n))
+            continue
+        pairs, sps, rcs, zeros, _ = item.knobs
+        if min(item.f.least_bytes(sps, sched, rcs, zeros) for sched in {p[0] for p in pairs}) > item.f.capacity_bytes:
+            _count(search, "memory floor")
+            _note_leanest(search, item)
+            continue
+        _expand(search, item)
+    for fam, (_, s) in list(search.lean.items()):
+        if fam not in search.family_smallest:
+            search.consider(s)
     seconds = time.perf_counter() - t0
     if not search.best:
-        raise explain.nothing_fits(search.family_smallest, cluster, fixed)
+        needed = _nodes_needed(recipe, cluster, fixed, objective, model.profile) if advise else None
+        raise explain.nothing_fits(search.family_smallest, cluster, fixed, needed)
     chosen = [_with_layout(e) for e in search.best[:top_k]]
     plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, chosen[0]))
                   for i, e in enumerate(chosen))
@@ -244,6 +323,39 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
                                 search.family_smallest, search.family_problem, fixed)
     return PlanResult(plans, rejected, search.candidates, seconds, dict(search.pruned), cluster, profile_s, model.profile,
                       recipe_fingerprint(recipe))
+
+
+def _nodes_needed(recipe: Recipe, cluster: Cluster, fixed: dict[str, Any], objective: Objective, profile: ModelProfile,
+                  growth: int = 64) -> Optional[tuple[int, Strategy]]:
+    """The fewest whole nodes of this kind on which a plan fits, and plan 1 there: nodes double
+    until one fits, then bisection between the last that did not and the first that did
+    (each answer is a plan actually found, so the advice holds however many devices the
+    recipe names now). None when --fix pins the device count, when the framework's reserve
+    alone fills a device, or when nothing fits on `growth` times the nodes."""
+    if "dp" in fixed or cluster.device.shared_memory or CostModel(profile, Workload.from_recipe(recipe, profile), cluster).reserve_bytes >= cluster.device.memory_bytes:
+        return None
+    most = cluster.nodes * growth
+
+    def fitting(nodes: int) -> Optional[Strategy]:
+        try:
+            return plan(recipe, replace(cluster, nodes=nodes), top_k=1, fix=fixed, objective=objective, profile=profile,
+                        advise=False).plans[0].strategy
+        except InputError:
+            return None
+
+    lo, hi = cluster.nodes, cluster.nodes * 2
+    while hi <= most and (found := fitting(hi)) is None:
+        lo, hi = hi, hi * 2
+    if hi > most:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        better = fitting(mid)
+        if better is None:
+            lo = mid
+        else:
+            hi, found = mid, better
+    return hi, found
 
 
 def _with_layout(e: Estimate) -> Estimate:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
+from autopar.calibrate.cache import this_machine
 from autopar.errors import InputError, from_pydantic
 from autopar.spec.enums import Precision
 
@@ -169,10 +170,16 @@ def _link(spec: LinkSpec) -> Link:
                 ddp_factor=spec.ddp_factor, fsdp_factor=spec.fsdp_factor)
 
 
+LOCAL = "local"  # the preset naming this machine
+
+
 def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
     """Build a Cluster from its YAML form: a preset (with overrides) or explicit fields."""
     if not isinstance(raw, dict):
         raise InputError(field_path, raw, "expected a mapping, e.g. {preset: dgx-a100-80gb, nodes: 2}")
+    if raw.get("preset") == LOCAL:  # this machine, measured once (calibrate/cache.py); the recipe's keys override
+        measured = {k: v for k, v in this_machine().items() if k != "nodes"}
+        raw = {**measured, **{k: v for k, v in raw.items() if k != "preset"}}
     try:
         spec = ClusterSpec.model_validate(raw)
     except ValidationError as err:
@@ -181,7 +188,8 @@ def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
     if spec.preset is not None:
         table = presets()["clusters"]
         if spec.preset not in table:
-            raise InputError(f"{field_path}.preset", spec.preset, f"unknown cluster preset; expected one of {', '.join(table)}")
+            raise InputError(f"{field_path}.preset", spec.preset,
+                             f"unknown cluster preset; expected {LOCAL} (this machine, measured) or one of {', '.join(table)}")
         base = table[spec.preset]
     device = spec.device if spec.device is not None else base.get("device")
     missing = [

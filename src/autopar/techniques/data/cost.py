@@ -13,8 +13,10 @@ Synchronisation. DDP all-reduces gradients in buckets while backward runs (Li et
 never less than one bucket. ZeRO-1/2 reduce-scatter gradients the same way and
 all-gather the updated parameters after the step. ZeRO-3 / FSDP all-gathers each
 layer's parameters before its forward and again before its backward (and again for
-recomputation), and reduce-scatters gradients, per micro-batch, prefetching so that
-communication overlaps compute; the first gather and the last reduce-scatter cannot hide.
+recomputation), and reduce-scatters gradients, per micro-batch, prefetching so that the
+forward's gathers overlap the forward and the rest the backward; the first gather and the
+last reduce-scatter cannot hide. A sharded stage moves at least DDP's bytes through the
+same group, so the cost model never lets it expose less than DDP (cost/model.py).
 """
 
 from __future__ import annotations
@@ -64,37 +66,38 @@ class SyncCost:
     exposed_s: float  # what the step waits for
 
 
-def ddp_sync(grad_bytes: float, group: Placement, overlap_s: float, cluster: Cluster, eff: Efficiency) -> SyncCost:
+def ddp_sync(grad_bytes: float, group: Placement, overlap_s: float, cluster: Cluster, eff: Efficiency,
+             last_bucket_waits: bool = True) -> SyncCost:
+    """`last_bucket_waits=False` drops the one-bucket minimum (concave in the bytes), leaving
+    a convex function of (bytes, window): what plan/bounds.py evaluates at the average rank."""
     total = all_reduce_s(grad_bytes, group, cluster, eff)
-    last_bucket = all_reduce_s(min(grad_bytes, DDP_BUCKET_BYTES), group, cluster, eff)
+    last_bucket = all_reduce_s(min(grad_bytes, DDP_BUCKET_BYTES), group, cluster, eff) if last_bucket_waits else 0.0
     return SyncCost(total, max(total - overlap_s, last_bucket) if total else 0.0)
 
 
-def zero12_sync(grad_bytes: float, param_bytes: float, group: Placement, overlap_s: float, cluster: Cluster, eff: Efficiency) -> SyncCost:
+def zero12_sync(grad_bytes: float, param_bytes: float, group: Placement, overlap_s: float, cluster: Cluster, eff: Efficiency,
+                last_bucket_waits: bool = True) -> SyncCost:
     """Reduce-scatter gradients under backward; all-gather updated 16-bit params after the step."""
     rs = reduce_scatter_s(grad_bytes, group, cluster, eff)
-    last_bucket = reduce_scatter_s(min(grad_bytes, DDP_BUCKET_BYTES), group, cluster, eff)
+    last_bucket = reduce_scatter_s(min(grad_bytes, DDP_BUCKET_BYTES), group, cluster, eff) if last_bucket_waits else 0.0
     ag = all_gather_s(param_bytes, group, cluster, eff)
     return SyncCost(rs + ag, (max(rs - overlap_s, last_bucket) if rs else 0.0) + ag)
 
 
-def zero3_traffic_s(param_bytes: float, grad_bytes: float, gathers_per_microbatch: int, m: int, group: Placement,
-                    cluster: Cluster, eff: Efficiency) -> float:
-    """All communication of ZeRO-3 in one step: per micro-batch, `gathers_per_microbatch`
-    all-gathers of the stage's parameters and one reduce-scatter of its gradients."""
-    ag = all_gather_s(param_bytes, group, cluster, eff)
-    rs = reduce_scatter_s(grad_bytes, group, cluster, eff)
-    return m * (gathers_per_microbatch * ag + rs)
-
-
-def zero3_sync_s(param_bytes: float, grad_bytes: float, gathers: int, m: int, busy_s: float, layer_fraction: float,
-                 group: Placement, cluster: Cluster, eff: Efficiency, factor: float) -> float:
-    """Exposed ZeRO-3 seconds: traffic beyond the compute it hides under (`busy_s`), plus the
-    first layer's all-gather and the last layer's reduce-scatter, which cannot hide."""
-    traffic = zero3_traffic_s(param_bytes, grad_bytes, gathers, m, group, cluster, eff) * factor
+def zero3_sync_s(param_bytes: float, grad_bytes: float, gathers: int, m: int, forward_busy_s: float, backward_busy_s: float,
+                 layer_fraction: float, group: Placement, cluster: Cluster, eff: Efficiency, factor: float) -> float:
+    """Exposed ZeRO-3 seconds of one step. Per micro-batch, the forward's all-gather of the
+    parameters hides under the forward (`forward_busy_s`, all m micro-batches), the
+    backward's (gathers - 1) all-gathers and the gradients' reduce-scatter under the
+    backward and recomputation (`backward_busy_s`); the first layer's gather and the last
+    layer's reduce-scatter cannot hide."""
+    ag = all_gather_s(param_bytes, group, cluster, eff) * factor
+    rs = reduce_scatter_s(grad_bytes, group, cluster, eff) * factor
+    forward = max(0.0, m * ag - forward_busy_s)
+    backward = max(0.0, m * ((gathers - 1) * ag + rs) - backward_busy_s)
     ends = (all_gather_s(param_bytes * layer_fraction, group, cluster, eff)
             + reduce_scatter_s(grad_bytes * layer_fraction, group, cluster, eff))
-    return max(0.0, traffic - busy_s) + ends
+    return forward + backward + ends
 
 
 def optimizer_step_s(params: float, per_param: tuple[int, int, int], zero: int, dp: int, mixed: bool, bandwidth_Bps: float) -> float:

@@ -134,20 +134,58 @@ def layout_runs(runs: Sequence[tuple[float, int]], stages: int, rel_tol: float =
     lo = max(biggest, total / stages)
     hi = min(total, total / stages + biggest) * (1 + 1e-12)  # greedy always succeeds at average + largest
     best = _greedy_runs(runs, L, stages, hi)
+    if best is not None:
+        hi = _runs_max(runs, best)
     while best is not None and hi - lo > rel_tol * hi:
         mid = (lo + hi) / 2
         found = _greedy_runs(runs, L, stages, mid)
         if found is None:
             lo = mid
-        else:
-            hi, best = mid, found
+        else:  # the packing's own slowest stage is feasible too, and may be well below mid
+            hi, best = _runs_max(runs, found), found
     return best
 
 
+def _runs_max(runs: Sequence[tuple[float, int]], counts: Sequence[int]) -> float:
+    """Slowest stage of `counts` layers per stage over runs of (time, count)."""
+    worst, r, left = 0.0, 0, runs[0][1] if runs else 0
+    for c in counts:
+        total = 0.0
+        while c > 0:
+            k = min(c, left)
+            total += k * runs[r][0]
+            c -= k
+            left -= k
+            if left == 0 and r + 1 < len(runs):
+                r += 1
+                left = runs[r][1]
+        worst = max(worst, total)
+    return worst
+
+
 def _greedy_runs(runs: Sequence[tuple[float, int]], L: int, stages: int, limit: float) -> Optional[tuple[int, ...]]:
+    """Greedy packing under `limit`: each stage takes as many layers as fit, leaving one for
+    each later stage. Inside a run of identical layers every stage that starts empty takes
+    the same k = floor(limit / t) layers, so such stages are placed q at a time: O(runs)
+    jumps instead of O(stages) steps."""
     counts: list[int] = []
     r, used_in_run, taken = 0, 0, 0  # current run, layers of it already placed, layers placed
-    for i in range(stages):
+    while len(counts) < stages:
+        i = len(counts)
+        if r < len(runs):
+            t, n = runs[r]
+            k = n if t <= 0 else int(limit / t * (1 + 1e-12))
+            left = n - used_in_run
+            if 0 < k < left:  # whole stages of k layers inside this run
+                # stage j (from i) may take k if taken + (j+1-i) k + (stages - j - 1) <= L
+                room = L - taken - (stages - i - 1)
+                fits = (room - k) // (k - 1) + 1 if k > 1 else (stages if room >= 1 else 0)
+                q = min((left - 1) // k, stages - i - 1, fits)
+                if q > 0:
+                    counts.extend([k] * q)
+                    taken += q * k
+                    used_in_run += q * k
+                    continue
         room, size = limit, 0
         last = L - taken - (stages - i - 1)  # layers this stage may take at most
         while r < len(runs) and size < last:
@@ -240,12 +278,17 @@ def p2p_s(chunks: list[tuple[int, int]], output_bytes: Callable[[int], float], n
     and its gradient back. output_bytes(i) is what layer i outputs (split over tp ranks by
     Megatron's scatter/gather; without SP the next stage all-gathers it)."""
     total = 0.0
+    priced: dict[float, float] = {}  # boundary bytes -> one send (and re-assembly): chunks of a rank often share them
     for start, end in chunks:
         sends = (end < n_layers) + (start > 0)
         nbytes = output_bytes(end - 1) if end < n_layers else output_bytes(start - 1)
-        total += sends * coll.p2p_s(nbytes, crosses_nodes, nic_share, cluster, eff)
-        if tp > 1 and not sequence_parallel:  # re-assemble the scattered activation
-            total += sends * coll.all_gather_s(nbytes * tp, tp_group, cluster, eff)
+        one = priced.get(nbytes)
+        if one is None:
+            one = coll.p2p_s(nbytes, crosses_nodes, nic_share, cluster, eff)
+            if tp > 1 and not sequence_parallel:  # re-assemble the scattered activation
+                one += coll.all_gather_s(nbytes * tp, tp_group, cluster, eff)
+            priced[nbytes] = one
+        total += sends * one
     return total
 
 

@@ -13,13 +13,14 @@ def pp_values(ctx, c: Partial) -> list[int]:
 
 
 def schedules(ctx, c: Partial, m: int) -> list[tuple[Schedule, int]]:
-    """1F1B, and interleaved with v chunks per rank; GPipe is never searched: it takes the
-    time of 1F1B and holds all m micro-batches (the planner reports it as dominated)."""
+    """Every (schedule, chunks per rank) the rules allow for m micro-batches: 1F1B, GPipe, and
+    interleaved with every v >= 2 that leaves each chunk a block (pp * v <= blocks) when pp
+    divides m (Narayanan et al. 2021, Sec. 2.2.2)."""
     if c["pp"] == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
-    out = [(Schedule.ONE_F_ONE_B, 1)]
-    if m % c["pp"] == 0:
-        out += [(Schedule.INTERLEAVED, v) for v in (2, 4, 8) if c["pp"] * v <= ctx.facts.layers]
+    out = [(Schedule.ONE_F_ONE_B, 1), (Schedule.GPIPE, 1)]
+    if m % c["pp"] == 0 and ctx.facts.pipeline_split != "graph":
+        out += [(Schedule.INTERLEAVED, v) for v in range(2, ctx.facts.layers // c["pp"] + 1)]
     return out
 
 

@@ -14,12 +14,13 @@ def tp_values(ctx, c: Partial) -> list[int]:
 
 
 def sequence_parallel(ctx, c: Partial) -> list[bool]:
-    """With tp > 1, sequence parallelism moves the same bytes (reduce-scatter + all-gather
-    instead of all-reduce), divides norms and dropout by tp and their activations too:
-    it dominates (Korthikanti et al. 2022, Table 4), so only it is searched where the
-    rules allow it (a transformer whose seq_len tp divides)."""
+    """Off, and on where the rules allow it (tp > 1, a transformer whose seq_len tp divides).
+    On moves the same bytes (reduce-scatter + all-gather instead of all-reduce) and divides
+    norms, dropout and their activations by tp (Korthikanti et al. 2022, Table 4), but
+    both are searched: the search space, not an argument, decides."""
     s = Strategy(tp=c["tp"], sequence_parallel=True)
-    return [c["tp"] > 1 and check_sequence_parallel(s, RuleInput(ctx.facts, ctx.global_batch)) is None]
+    on = c["tp"] > 1 and check_sequence_parallel(s, RuleInput(ctx.facts, ctx.global_batch)) is None
+    return [False, True] if on else [False]
 
 
 DIMENSIONS = (Dimension("tp", tp_values, order=50),)

@@ -1,0 +1,176 @@
+"""Floors: times and memory that no strategy of a search node can go below.
+
+A node is a structure (dp, tp, pp, threads, sync, partition, subnet) with a micro-batch
+size b, so m = local batch / b micro-batches per step. For every knob setting left
+(schedule, chunks per rank v, sequence parallel, recompute, ZeRO stage, averaging
+period) the cost model's step (cost/model.py) is a sum of non-negative terms,
+
+    step = m t_max + bubble + dp_comm + optimizer + data,
+
+t_max the slowest pipeline rank's time for one micro-batch. Let T be the whole model's
+forward + backward + tensor-parallel time for one micro-batch on one tp rank without
+recomputation (recomputation only adds time), and X = 2 (pp v - 1) p2p_min: each of the
+pp v - 1 chunk boundaries sends an activation forward and a gradient back, each at
+least the smallest boundary tensor's send. Then
+
+    t_max >= (T + X) / pp                                  the slowest rank >= the average
+    1F1B, GPipe: (m - 1) t_max + t_sum >= (T + X)(m - 1 + pp) / pp        (t_sum >= T + X)
+    interleaved: m t_max + (pp - 1) max(t_max / v, chunk) >= (T + X)(m + (pp - 1) / v) / pp
+    optimizer >= its value for the average rank's parameters (it is linear in them)
+    dp_comm >= the exposed synchronisation of the average rank: the cost model takes the
+               most any rank exposes, a convex function of the rank's parameters and
+               times once the one-bucket minimum is dropped (cost/model.py rank_sync_s),
+               so by Jensen's inequality max >= mean >= value at the mean
+    data >= 0.
+
+Memory: the peak rank holds at least any weighted average over ranks of its states and
+activations in flight; uniform weights and weights 1 / f_r give
+
+    bytes >= max((P s_z + A_rc f_min) / pp,  A_rc / sum_r (1 / f_r)) + reserve,
+
+P the parameters of one tp rank over all layers, s_z the state bytes per parameter at
+ZeRO stage z, A_rc every layer's saved activations of one micro-batch under recompute
+mode rc, f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
+that, GPipe m), f_min the fewest.
+
+Every floor is a lower bound of the same cost model with no layout and no tolerance in
+it, so a node whose floor is above the plans kept cannot hold one of them: pruning by
+floors returns the model's optimum over the whole space (tests/test_planner_oracle.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+from autopar.cost import collectives as coll
+from autopar.cost.model import CostModel, Rank
+from autopar.spec.enums import Recompute, Schedule
+from autopar.spec.strategy import Strategy
+from autopar.techniques.data import cost as data_cost
+from autopar.techniques.pipeline import cost as pipeline_cost
+
+
+class NodeFloors:
+    """One node's floors, from the cost model's layer tables (cached per setting)."""
+
+    def __init__(self, model: CostModel, c: dict, b: int, m: int, periods: Sequence[int]):
+        self.model, self.m, self.pp, self.b = model, m, c["pp"], b
+        self.base = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], threads=c["threads"], sync=c["sync"],
+                             data_partition=c["data_partition"], subnet=c["subnet"], microbatch=b if m > 1 else None)
+        self.periods = tuple(periods)
+        self.topo = model.topology(self.base)
+        self.rate = model.rate(self.base, self.topo.used_per_node)
+        self.capacity_bytes = model.capacity_bytes(self.base)
+        self.devices = self.base.devices
+        self.steps = model.work.steps
+        self.steps_factor_min = min(model.steps_factor(replace(self.base, sync_every=h)) for h in self.periods)
+        self._sums: dict[tuple[bool, Recompute], tuple] = {}
+        self._sync: dict[tuple, float] = {}
+        self._optimizer: dict[int, float] = {}
+        self._state_bytes: dict[int, float] = {}
+        self._flight: dict[Schedule, tuple[float, float]] = {}
+
+    def _totals(self, sp: bool, rc: Recompute) -> tuple:
+        """(T, recompute, p2p_min, params, activations, largest unit time, average rank)."""
+        key = (sp, rc)
+        if key not in self._sums:
+            s = replace(self.base, sequence_parallel=sp, recompute=rc)
+            table = self.model.table(s, self.b, self.topo, self.rate)
+            rs = table.range_sum
+            n = len(table.costs)
+            recompute = rs("recompute_s", 0, n)
+            smallest = min(x.output_bytes for x in table.costs)
+            p2p = coll.p2p_s(smallest, self.topo.pp_crosses_nodes, self.topo.used_per_node, self.model.cluster, self.model.eff)
+            units = self.model.profile.cuts
+            bounds = pipeline_cost.unit_bounds(units, n) if units and self.pp > 1 else [(0, n)]
+            unit_times = [table.range_time(a, e) for a, e in bounds]
+            unit_max, unit_min = max(unit_times), min(unit_times)
+            pp = self.pp
+            average = Rank(compute_s=(rs("forward_s", 0, n) + rs("backward_s", 0, n)) / pp, recompute_s=recompute / pp,
+                           tp_s=(rs("tp_forward_s", 0, n) + rs("tp_backward_s", 0, n)) / pp, p2p_s=0.0,
+                           backward_s=rs("backward_s", 0, n) / pp, params=rs("params", 0, n) / pp,
+                           activation_bytes=rs("activation_bytes", 0, n) / pp, working_bytes=0.0, boundary_bytes=0.0)
+            self._sums[key] = (table.time[-1] - recompute, recompute, p2p, rs("params", 0, n),
+                               rs("activation_bytes", 0, n), unit_max, average, unit_min)
+        return self._sums[key]
+
+    def pipe_s(self, sp: bool, schedule: Schedule, v: int, rc: Recompute = Recompute.NONE) -> float:
+        """Floor of m t_max + bubble for one (sequence parallel, schedule, chunks, recompute);
+        with rc=none a floor for every recompute mode (recomputation only adds time)."""
+        compute, recompute, p2p, _, _, unit_max, _, _ = self._totals(sp, rc)
+        T = compute + recompute
+        if self.pp == 1:
+            return self.m * T
+        total = T + 2 * (self.pp * v - 1) * p2p
+        t_max = max(total / self.pp, unit_max)  # a rank holds the largest block unit
+        if schedule is Schedule.INTERLEAVED:
+            return self.m * t_max + (self.pp - 1) * max(t_max / v, unit_max)
+        return (self.m - 1) * t_max + total
+
+    def per_sample_pipe_s(self, sp: bool) -> float:
+        """m T / pp: the compute of the samples a rank must process, nothing else."""
+        return self.m * self._totals(sp, Recompute.NONE)[0] / self.pp
+
+    def any_pipe_s(self, sp: bool) -> float:
+        """Floor of pipe_s over every schedule and chunk count: m max(T / pp, U) plus, over the
+        other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each."""
+        compute, _, _, _, _, unit_max, _, unit_min = self._totals(sp, Recompute.NONE)
+        if self.pp == 1:
+            return self.m * compute
+        return self.m * max(compute / self.pp, unit_max) + (self.pp - 1) * unit_min
+
+    def rest_s(self, sp: bool, rc: Recompute, zero: int) -> float:
+        """Floor of synchronisation + optimizer step for one (sp, recompute, ZeRO stage)."""
+        return self.optimizer_s(sp, rc, zero) + self.sync_s(sp, rc, zero)
+
+    def optimizer_s(self, sp: bool, rc: Recompute, zero: int) -> float:
+        """The optimizer step at the average rank's parameters (the same for every sp, rc)."""
+        if zero not in self._optimizer:
+            m = self.model
+            bw = self.rate.bandwidth_Bps * m.eff.memory_bandwidth
+            self._optimizer[zero] = data_cost.optimizer_step_s(self._totals(sp, rc)[3] / self.pp, m.per_param, zero,
+                                                               self.base.dp, m.work.precision.is_mixed, bw)
+        return self._optimizer[zero]
+
+    def sync_s(self, sp: bool, rc: Recompute, zero: int) -> float:
+        """Exposed synchronisation of the average rank, at the longest averaging period."""
+        key = (sp, rc, zero)
+        if key not in self._sync:
+            s = replace(self.base, sequence_parallel=sp, recompute=rc, zero=zero, sync_every=max(self.periods))
+            self._sync[key] = self.model.rank_sync_s(s, self._totals(sp, rc)[6], self.m, self.topo, last_bucket_waits=False)
+        return self._sync[key]
+
+    def bytes(self, sp: bool, schedule: Schedule, rc: Recompute, zero: int) -> float:
+        """Memory floor of the peak rank for one setting: the larger of the average rank
+        (states + activations, f_min micro-batches each) and the activations alone weighted by
+        1 / flights (max_r x_r >= sum_r w_r x_r for weights w_r >= 0 summing to one; with
+        w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the layout)."""
+        _, _, _, params, acts, _, _, _ = self._totals(sp, rc)
+        if zero not in self._state_bytes:
+            self._state_bytes[zero] = self.model.state_bytes_per_param(replace(self.base, zero=zero))
+        f_min, inverse_sum = self._flights(schedule)
+        average = (params * self._state_bytes[zero] + acts * f_min) / self.pp
+        return max(average, acts / inverse_sum) + self.model.reserve_bytes
+
+    def _flights(self, schedule: Schedule, v: int = 2) -> tuple[float, float]:
+        """(fewest micro-batches a rank holds, sum over ranks of 1 / micro-batches held); the
+        interleaved first rank's extra share is taken at its least (v -> infinity: none)."""
+        if schedule not in self._flight:
+            kind = Schedule.ONE_F_ONE_B if schedule is Schedule.INTERLEAVED else schedule
+            flights = [pipeline_cost.microbatches_in_flight(kind, r, self.pp, self.m, 1) for r in range(self.pp)]
+            self._flight[schedule] = (min(flights), sum(1 / f for f in flights))
+        return self._flight[schedule]
+
+    def least_bytes(self, sps: Sequence[bool], schedule: Schedule, rcs: Sequence[Recompute], zeros: Sequence[int]) -> float:
+        """min of bytes() over the settings: bytes() grows with the activations and the state
+        bytes per parameter (the parameters do not depend on sp or rc), so it is its value at
+        the least of each."""
+        acts = min(self._totals(sp, rc)[4] for sp in sps for rc in rcs)
+        params = self._totals(sps[0], rcs[0])[3]
+        for z in zeros:
+            if z not in self._state_bytes:
+                self._state_bytes[z] = self.model.state_bytes_per_param(replace(self.base, zero=z))
+        spp = min(self._state_bytes[z] for z in zeros)
+        f_min, inverse_sum = self._flights(schedule)
+        return max((params * spp + acts * f_min) / self.pp, acts / inverse_sum) + self.model.reserve_bytes
