@@ -10,13 +10,16 @@ Run: python benchmarks/plan_oracle.py [CASE-SUBSTRING ...]
 
 import sys
 import time
+from pathlib import Path
 
-from autopar.plan.oracle import brute_force
-from autopar.plan.planner import plan
-from autopar.plan.result import score
-from autopar.profile.profiler import profile_recipe
-from autopar.spec.cluster import parse_cluster
-from tests.test_planner_oracle import CASES, SLOW, _recipe
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the cases live with the oracle test
+
+from autopar.plan.oracle import brute_force  # noqa: E402
+from autopar.plan.planner import plan  # noqa: E402
+from autopar.plan.result import score  # noqa: E402
+from autopar.profile.profiler import profile_recipe  # noqa: E402
+from autopar.spec.cluster import parse_cluster  # noqa: E402
+from tests.test_planner_oracle import CASES, SLOW, _recipe  # noqa: E402
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ import pytest
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
 from autopar.plan.planner import parse_fix, plan
+from autopar.plan.result import Objective
 from autopar.spec.cluster import parse_cluster
 from autopar.spec.enums import DataPartition, Sync
 from autopar.spec.recipe import parse_recipe
@@ -201,3 +202,18 @@ def test_device_advice_is_a_node_count_that_fits_whatever_the_cluster_size():
     assert plan(recipe, parse_cluster({**small, "nodes": needed})).plans[0].estimate.fits
     with pytest.raises(InputError):
         plan(recipe, parse_cluster({**small, "nodes": needed - 1}))
+
+
+def test_why_says_when_the_named_strategy_beats_plan_1():
+    """--why on a strategy better than plan 1 said 'it would not lose ... (among the best
+    plans)'; now it says it beats plan 1 and what kept it out (here the --fix)."""
+    from autopar.plan.explain import why_not
+
+    recipe = _recipe({"family": "gpt", "layers": 12, "hidden": 768, "heads": 12, "seq_len": 2048, "vocab": 50257}, 256)
+    cluster = parse_cluster({"preset": "dgx-a100-80gb", "nodes": 1})
+    free = plan(recipe, cluster).plans[0].estimate
+    fixed = parse_fix("tp=4")
+    pinned = plan(recipe, cluster, fix=fixed)
+    text = why_not(free.strategy, pinned.plans[0].estimate, CostModel.for_recipe(recipe, cluster), cluster,
+                   Objective.TIME, fixed)
+    assert text.startswith("it beats plan 1") and "--fix tp=4 excludes it" in text, text

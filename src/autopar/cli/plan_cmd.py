@@ -33,7 +33,7 @@ def run(args) -> int:
 
     why = Strategy.parse(args.why, field_path="--why") if args.why else None
     result = plan(recipe, cluster, top_k=args.top, fix=fix, objective=Objective(args.objective))
-    reason = _why_not(why, result, recipe, cluster, Objective(args.objective)) if why is not None else None
+    reason = _why_not(why, result, recipe, cluster, Objective(args.objective), fix) if why is not None else None
     if args.json:
         print_json({**result.to_dict(), **({"why": {"strategy": why.to_dict(), "reason": reason}} if why else {})})
         return 0
@@ -43,10 +43,10 @@ def run(args) -> int:
     return 0
 
 
-def _why_not(s, result, recipe, cluster, objective) -> str:
+def _why_not(s, result, recipe, cluster, objective, fix=None) -> str:
 
     model = CostModel.for_recipe(recipe, cluster, result.profile)  # the profile the search used: no second profiling
-    return why_not(s, result.plans[0].estimate, model, cluster, objective)
+    return why_not(s, result.plans[0].estimate, model, cluster, objective, fix)
 
 
 def render(result) -> str:

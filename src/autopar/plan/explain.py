@@ -105,7 +105,7 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
     return " ".join(words)
 
 
-def why_not(s: Strategy, best: Estimate, model, cluster: Cluster, objective) -> str:
+def why_not(s: Strategy, best: Estimate, model, cluster: Cluster, objective, fixed: Optional[dict] = None) -> str:
     """Why a strategy the user names is not plan 1: invalid, out of memory, or slower (and by what)."""
     problem = plan_problem(s, model.facts, model.work.global_batch, model.work.precision, cluster)
     if problem is not None:
@@ -113,15 +113,18 @@ def why_not(s: Strategy, best: Estimate, model, cluster: Cluster, objective) -> 
     e = model.estimate(s, check=False)
     if e.fits and score(e, objective) < score(best, objective) * (1 - 1e-9):
         return (f"it beats plan 1: {_s(e.step_time_s)} per step vs {_s(best.step_time_s)}, "
-                f"{score(best, objective) / score(e, objective):.4g}x better; {outside_space(s, cluster)}")
+                f"{score(best, objective) / score(e, objective):.4g}x better; {outside_space(s, cluster, fixed)}")
     if e.fits and score(e, objective) <= score(best, objective) * (1 + 1e-9):
         return f"it would not lose: {_s(e.step_time_s)} per step, as fast as plan 1 (a tie: plan 1 uses less memory or fewer devices)"
     return _loss_reason(e, best, cluster, objective, leanest=False)
 
 
-def outside_space(s: Strategy, cluster: Cluster) -> str:
+def outside_space(s: Strategy, cluster: Cluster, fixed: Optional[dict] = None) -> str:
     """Why the search did not return a strategy that beats its plan 1: the part of it that lies
     outside the searched space (the search is exact inside it, tests/test_planner_oracle.py)."""
+    differs = {k: v for k, v in (fixed or {}).items() if getattr(s, k) != v and not (k == "microbatch" and v is None)}
+    if differs:
+        return "--fix " + ",".join(f"{k}={getattr(v, 'value', v)}" for k, v in differs.items()) + " excludes it"
     if s.stages is not None:
         return f"its hand-set stage layout {'/'.join(map(str, s.stages))} is not searched (the planner balances stages itself)"
     if s.tp > 2 * cluster.devices_per_node:
