@@ -217,3 +217,12 @@ def test_why_says_when_the_named_strategy_beats_plan_1():
     text = why_not(free.strategy, pinned.plans[0].estimate, CostModel.for_recipe(recipe, cluster), cluster,
                    Objective.TIME, fixed)
     assert text.startswith("it beats plan 1") and "--fix tp=4 excludes it" in text, text
+
+
+def test_a_plan_for_shared_cores_says_when_the_machine_is_busy():
+    from autopar.cli.plan_cmd import busy_cores_note
+
+    local = parse_cluster({"preset": "cpu-local"})
+    assert "busy" in busy_cores_note(local, load=64.0)
+    assert busy_cores_note(local, load=0.0) == ""
+    assert busy_cores_note(parse_cluster({"preset": "dgx-a100-80gb", "nodes": 1}), load=64.0) == ""

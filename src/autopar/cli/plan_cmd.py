@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
 from autopar.cli.tables import nbytes, seconds, table
 from autopar.cost.model import CostModel
@@ -49,6 +52,19 @@ def _why_not(s, result, recipe, cluster, objective, fix=None) -> str:
     return why_not(s, result.plans[0].estimate, model, cluster, objective, fix)
 
 
+def busy_cores_note(cluster, load: Optional[float] = None) -> str:
+    """On shared cores, say when this machine is busy now: the cost model assumes idle cores
+    (its calibration ran on idle ones), and other processes slow threads and processes alike."""
+    if not cluster.device.shared_memory or not hasattr(os, "getloadavg"):
+        return ""
+    load = os.getloadavg()[0] if load is None else load
+    cores = os.cpu_count() or 1
+    if load < cores:
+        return ""
+    return (f"note: this machine is busy now (load average {load:.2f} on {cores} cores); the predictions assume idle cores, "
+            "so measured steps will be slower than these")
+
+
 def render(result) -> str:
     cl = result.cluster
     lines = [f"cluster: {cl.nodes} x {cl.devices_per_node} {cl.device.name} ({cl.devices} devices); "
@@ -59,6 +75,9 @@ def render(result) -> str:
         rows.append([p.rank, e.strategy.to_text(), e.devices_used, seconds(e.step_time_s), f"{e.throughput_samples_s:.4g}",
                      nbytes(e.memory_per_device_bytes), f"{e.mfu:.1%}", seconds(e.time_to_train_s)])
     lines.append(table(["#", "strategy", "devices", "step", "samples/s", "mem/device", "MFU", "time to train"], rows, "rlrrrrrr"))
+    busy = busy_cores_note(cl)
+    if busy:
+        lines.append(busy)
     best = result.plans[0]
     lines.append(f"\nwhy plan 1: {best.explanation}")
     b = best.estimate.time_breakdown_s
