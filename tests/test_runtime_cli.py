@@ -92,3 +92,50 @@ def test_report_table_beside_prediction(tmp_path):
     assert lines[1].split() == ["step", "loss", "time", "s", "samples/s", "peak", "MiB"]
     assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
     assert lines[5].startswith("measured: median step") and lines[6].startswith("predicted:")
+
+
+def test_a_stray_module_in_the_launch_directory_runs_in_no_rank(tmp_path):
+    """Workers started by `python -m` had the current directory first on sys.path: a
+    pydantic.py there ran in every rank. Now it is appended last (and PYTHONSAFEPATH set)."""
+    marker = tmp_path / "stray-ran"
+    (tmp_path / "pydantic.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise SystemExit(3)\n")
+    recipe = _write(tmp_path, {**GPT, "cluster": {"preset": "cpu-local", "nodes": 1}})
+    autopar = str(Path(sys.executable).parent / "autopar")  # the console script: no directory put on sys.path
+    proc = subprocess.run([autopar, "run", recipe, "--strategy", "dp=2", "--steps", "2"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists()
+
+
+def test_workers_stop_when_the_launcher_is_killed(tmp_path):
+    """kill -9 of the launching process left both workers training (they wrote four more
+    checkpoints); now each rank sees its parent go and exits within seconds."""
+    import signal
+    import time
+
+    recipe = _write(tmp_path, {**GPT, "cluster": {"preset": "cpu-local", "nodes": 1}})
+    autopar = str(Path(sys.executable).parent / "autopar")
+    proc = subprocess.Popen([autopar, "run", recipe, "--strategy", "dp=2", "--steps", "100000"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "autopar.cli.worker"], capture_output=True, text=True).stdout
+        workers = [int(x) for x in out.split()]
+    assert len(workers) == 2, "workers did not start"
+    time.sleep(3)  # training
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers):
+        time.sleep(0.5)
+    assert not any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers), "workers outlived their launcher"
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

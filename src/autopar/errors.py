@@ -12,12 +12,20 @@ class InputError(ValueError):
         self.field = field
         self.value = value
         self.expected = expected
-        super().__init__(f"{field}: got {_short(value)}; {expected}")
+        super().__init__(f"{_short_text(str(field), 120)}: got {_short(value)}; {_short_text(str(expected), 400)}")
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    text = " ".join(text.split())
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a 5,000-digit int, a self-referencing structure
+        text = f"<{type(value).__name__}>"
+    return _short_text(text, limit)
+
+
+def _short_text(text: str, limit: int) -> str:
+    """One line (whitespace runs, newlines included, become one space), at most `limit` characters."""
+    text = " ".join(text[: limit * 4].split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -32,8 +40,10 @@ def from_pydantic(err: Any, prefix: str = "") -> InputError:
     first = next((e for e in errors if not e.get("type", "").endswith("_type")), errors[0])
     parts: list[str] = [prefix] if prefix else []
     inner = first.get("ctx", {}).get("error")
-    for item in first.get("loc", ()):
-        if isinstance(item, str) and _is_branch_tag(item):
+    loc = tuple(first.get("loc", ()))
+    for i, item in enumerate(loc):
+        unknown_key = first.get("type") == "extra_forbidden" and i == len(loc) - 1  # the user's key, capitals and all
+        if isinstance(item, str) and _is_branch_tag(item) and not unknown_key:
             continue
         if isinstance(item, int):
             if parts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Optional
 
@@ -35,8 +36,19 @@ def require_cluster(cluster: Optional[Cluster]) -> Cluster:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=_default)
+    """Strict JSON: a non-finite number (a zero-time step's infinite throughput) is null."""
+    json.dump(_finite(json.loads(json.dumps(data, default=_default))), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _default(value: Any) -> Any:

@@ -13,6 +13,8 @@ import argparse
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 from typing import Optional
 
@@ -24,13 +26,15 @@ from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
 from autopar.runtime import checkpoint
-from autopar.runtime.launch import preflight
+from autopar.runtime.launch import LAUNCHER_ENV, USER_PATH_ENV, preflight
 from autopar.runtime.train import RunOptions, train, with_stages
 from autopar.spec.cluster import Cluster, local_cluster, parse_cluster
 from autopar.spec.recipe import Recipe, load_recipe, load_yaml
 from autopar.spec.strategy import Strategy
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+if os.environ.get(USER_PATH_ENV):  # the launch directory, after every installed package (runtime/launch.py worker_env)
+    sys.path.append(os.environ[USER_PATH_ENV])
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -121,8 +125,27 @@ def finish(code: int) -> None:
     os._exit(code)
 
 
+def watch_parent(period_s: float = 1.0) -> None:
+    """End this rank when its launcher dies: a torchrun agent killed with SIGKILL cannot stop
+    its workers, which would otherwise train (and write checkpoints) unsupervised. A daemon
+    thread sees the parent change (re-parented to init or a subreaper) and exits the process.
+    The parent is the launcher's pid when `autopar run` set it (a rank started after its
+    launcher died would otherwise take init for its parent), else the parent at start."""
+    parent = int(os.environ.get(LAUNCHER_ENV) or os.getppid())
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:  # checked at once, then every period
+                print("autopar: the launcher died; stopping this rank", file=sys.stderr, flush=True)
+                os._exit(1)
+            time.sleep(period_s)
+
+    threading.Thread(target=watch, name="autopar-parent-watch", daemon=True).start()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
+    watch_parent()
     try:
         code = run(args)
     except InputError as err:

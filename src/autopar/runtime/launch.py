@@ -81,9 +81,17 @@ def processes_per_node(strategy: Strategy, rdzv: Rendezvous) -> int:
     return strategy.dp * strategy.tp * strategy.pp // rdzv.nnodes
 
 
-def threads_env(strategy: Strategy) -> dict[str, str]:
+LAUNCHER_ENV = "AUTOPAR_LAUNCHER_PID"  # the process running torchrun's agent: workers end when it is gone
+USER_PATH_ENV = "AUTOPAR_USER_PATH"  # the launch directory: workers append it to sys.path (autopar.cli.worker)
+
+
+def worker_env(strategy: Strategy) -> dict[str, str]:
+    """Environment of every worker: its intra-op threads, and a safe module path. Python puts
+    the current directory first on sys.path for `-m`, so a stray pydantic.py or torch.py
+    there would run in every rank; PYTHONSAFEPATH drops it, and the worker appends the launch
+    directory last, so the recipe's own modules there still import but never shadow a package."""
     threads = 1 if strategy.is_async else strategy.threads
-    return {"OMP_NUM_THREADS": str(threads)}
+    return {"OMP_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1", USER_PATH_ENV: os.getcwd()}
 
 
 def torchrun_args(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> list[str]:
@@ -97,13 +105,14 @@ def torchrun_args(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> l
 
 
 def printable(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> str:
-    env = " ".join(f"{k}={v}" for k, v in threads_env(strategy).items())
+    env = " ".join(f"{k}={v}" for k, v in worker_env(strategy).items())
     return f"{env} {shlex.join(['torchrun', *torchrun_args(strategy, rdzv, worker)])}"
 
 
 def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
     """Run torchrun in the foreground; returns 0, or the exit code of the first failed worker."""
-    os.environ.update(threads_env(strategy))
+    os.environ.update(worker_env(strategy))
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # the agent runs here: the workers' parent
     try:
         run(parse_args(torchrun_args(strategy, rdzv, worker)))
     except ChildFailedError as err:

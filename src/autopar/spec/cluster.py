@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from autopar.calibrate.cache import this_machine
 from autopar.errors import InputError, from_pydantic
@@ -83,7 +83,7 @@ class Cluster:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PeakSpec(_Spec):
@@ -117,8 +117,8 @@ class LinkSpec(_Spec):
 class ClusterSpec(_Spec):
     preset: Optional[str] = None
     device: Optional[Union[str, DeviceSpec]] = None
-    nodes: PositiveInt = 1
-    devices_per_node: Optional[PositiveInt] = None
+    nodes: Annotated[int, Field(gt=0, le=2**20)] = 1
+    devices_per_node: Optional[Annotated[int, Field(gt=0, le=4096)]] = None
     intra_node: Optional[LinkSpec] = None
     inter_node: Optional[LinkSpec] = None
     host_memory_GB: Optional[PositiveFloat] = None

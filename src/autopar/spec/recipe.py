@@ -11,26 +11,35 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from autopar.errors import InputError, from_pydantic
 from autopar.spec.enums import Optimizer, Precision
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
+
+
+# Sizes are bounded where a larger value is no real model but would hang or overflow a
+# search or a meta-device profile (the bound is in pydantic's message).
+Depth = Annotated[int, Field(gt=0, le=10_000)]  # layers, conv stages
+Width = Annotated[int, Field(gt=0, le=2**24)]  # hidden sizes, heads, vocab, classes, input features per layer
+Tokens = Annotated[int, Field(gt=0, le=2**24)]  # sequence length, image side, shape entries
+Count = Annotated[int, Field(gt=0, le=10**15)]  # samples, steps
+Batch = Annotated[int, Field(gt=0, le=2**24)]  # global batch
 
 
 # ---------------------------------------------------------------- model specs
 
 
 class _TransformerSpec(_Spec):
-    layers: PositiveInt
-    hidden: PositiveInt
-    heads: PositiveInt
-    seq_len: PositiveInt
-    vocab: PositiveInt
-    ffn_hidden: Optional[PositiveInt] = None
+    layers: Depth
+    hidden: Width
+    heads: Width
+    seq_len: Tokens
+    vocab: Width
+    ffn_hidden: Optional[Width] = None
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
     @model_validator(mode="after")
@@ -61,8 +70,8 @@ class LlamaSpec(_TransformerSpec):
     """Llama style decoder: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, untied head."""
 
     family: Literal["llama"]
-    kv_heads: Optional[PositiveInt] = None
-    multiple_of: PositiveInt = 256
+    kv_heads: Optional[Width] = None
+    multiple_of: Width = 256
     tie_embeddings: bool = False
 
     @model_validator(mode="after")
@@ -92,20 +101,20 @@ class LlamaSpec(_TransformerSpec):
 
 class MLPSpec(_Spec):
     family: Literal["mlp"]
-    input_dim: PositiveInt
-    widths: Annotated[list[PositiveInt], Field(min_length=1)]
-    classes: PositiveInt
+    input_dim: Width
+    widths: Annotated[list[Width], Field(min_length=1, max_length=10_000)]
+    classes: Width
 
 
 class CNNSpec(_Spec):
     """ResNet-style CNN: a stem, `depth` residual blocks (two 3x3 convs each) in up to 4 stages."""
 
     family: Literal["cnn"]
-    depth: PositiveInt
-    width: PositiveInt
-    image_size: PositiveInt
-    channels: PositiveInt = 3
-    classes: PositiveInt
+    depth: Depth
+    width: Width
+    image_size: Tokens
+    channels: Width = 3
+    classes: Width
 
 
 class WideLinearSpec(_Spec):
@@ -113,14 +122,14 @@ class WideLinearSpec(_Spec):
 
     family: Literal["wide_linear"]
     input_dim: Annotated[int, Field(gt=0, le=10**10)]
-    hidden: Optional[PositiveInt] = None
-    classes: PositiveInt = 2
+    hidden: Optional[Width] = None
+    classes: Width = 2
 
 
 class InputSpec(_Spec):
-    shape: Annotated[list[PositiveInt], Field(min_length=0)]
+    shape: Annotated[list[Tokens], Field(min_length=0, max_length=8)]
     dtype: Literal["float32", "float64", "bfloat16", "float16", "int64", "int32", "bool"] = "float32"
-    high: PositiveInt = 2  # exclusive upper bound of random integer inputs (token ids, classes)
+    high: Width = 2  # exclusive upper bound of random integer inputs (token ids, classes)
 
 
 class ModuleSpec(_Spec):
@@ -237,17 +246,17 @@ _FAMILIES = {"gpt": GPTSpec, "llama": LlamaSpec, "mlp": MLPSpec, "cnn": CNNSpec,
 
 
 class DataSpec(_Spec):
-    samples: PositiveInt
-    sample_bytes: Optional[PositiveInt] = None  # else derived from the model's input shapes
+    samples: Count
+    sample_bytes: Optional[Count] = None  # else derived from the model's input shapes
     storage_GBps: Optional[PositiveFloat] = None  # read bandwidth of the dataset's storage, per node
     loader: Optional[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = None
 
 
 class TrainingSpec(_Spec):
-    global_batch: PositiveInt
+    global_batch: Batch
     optimizer: Optimizer = Optimizer.ADAMW
     precision: Precision = Precision.BF16
-    steps: Optional[PositiveInt] = None
+    steps: Optional[Count] = None
     epochs: Optional[PositiveFloat] = None
     lr: PositiveFloat = 1e-3
     seed: int = 0
@@ -316,16 +325,64 @@ def _unwrap(err: ValidationError) -> InputError:
     return from_pydantic(err)
 
 
+MAX_YAML_BYTES = 1 << 20  # a recipe or cluster file; real ones are a few hundred bytes
+MAX_YAML_DEPTH = 64  # nesting of mappings and lists
+MAX_YAML_NODES = 100_000  # values after alias expansion (a 600-byte alias bomb reaches billions)
+
+
 def load_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file as data, bounded in size, depth and expanded size; every failure one line."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(what, str(path), "is a directory; give the path of a YAML file")
     if not p.is_file():
         raise InputError(what, str(path), "no such file; give the path of a YAML file")
     try:
-        return yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as err:
+        raise InputError(what, str(path), f"cannot be read ({err.strerror or err})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise InputError(what, str(path), f"is {len(raw):,} bytes; a recipe or cluster file is at most {MAX_YAML_BYTES:,}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(what, str(path), f"is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_yaml_size(node, what, str(path))
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(what, str(path), f"is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(what, str(path), f"is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise InputError(what, str(path), f"nests too deep; at most {MAX_YAML_DEPTH} levels") from None
+
+
+def _check_yaml_size(root: Any, what: str, path: str) -> None:
+    """Count the values of the composed YAML graph as safe_load would build them (an alias
+    counts its whole target again), and its depth, without building anything."""
+    sizes: dict[int, int] = {}
+
+    def walk(node: Any, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise InputError(what, path, f"nests deeper than {MAX_YAML_DEPTH} levels")
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(walk(k, depth + 1) + walk(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(walk(v, depth + 1) for v in node.value)
+        else:
+            n = 1
+        if n > MAX_YAML_NODES:
+            raise InputError(what, path, f"expands to more than {MAX_YAML_NODES:,} values (YAML aliases); write it out plainly")
+        sizes[id(node)] = n
+        return n
+
+    if root is not None:
+        walk(root, 0)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -129,12 +129,31 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+MAX_STAGES = 10_000  # pipeline stages a strategy may list (recipes allow 10,000 layers)
+MAX_DEGREE = 2**30  # any integer knob
+
+
+def _ascii_int(text: Any) -> int:
+    """int() of ASCII digits only (Python's int() also reads '٢' and '２' as 2)."""
+    if isinstance(text, bool):
+        raise ValueError(text)
+    if isinstance(text, int):
+        return text
+    raw = str(text).strip()
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 12:
+        raise ValueError(text)
+    return int(raw)
+
+
 def _expand(item: Any) -> list[int]:
     """"12" -> [12]; "2x32" -> [2] * 32 (32 stages of 2 layers)."""
-    if isinstance(item, int):
+    if isinstance(item, int) and not isinstance(item, bool):
         return [item]
     layers, _, count = str(item).partition("x")
-    return [int(layers)] * (int(count) if count else 1)
+    n = _ascii_int(count) if count else 1
+    if n > MAX_STAGES:
+        raise OverflowError(n)
+    return [_ascii_int(layers)] * n
 
 
 def _parse_value(key: str, value: Any, field_path: str) -> Any:
@@ -158,19 +177,27 @@ def _parse_value(key: str, value: Any, field_path: str) -> Any:
         if value is None:
             return None
         items = value if isinstance(value, (list, tuple)) else str(value).split("/")
+        if len(items) > MAX_STAGES:
+            raise InputError(where, f"{len(items)} entries", f"at most {MAX_STAGES:,} stages")
         try:
             stages = tuple(v for item in items for v in _expand(item))
+        except OverflowError:
+            raise InputError(where, value, f"at most {MAX_STAGES:,} stages") from None
         except (TypeError, ValueError):
             raise InputError(where, value, "expected layers per stage, e.g. stages=13/12/12/11 or 1/2x32/1x31") from None
+        if len(stages) > MAX_STAGES:
+            raise InputError(where, f"{len(stages)} stages", f"at most {MAX_STAGES:,} stages")
         if any(s <= 0 for s in stages):
             raise InputError(where, value, "every stage needs at least one layer")
         return stages
     if value is None and key == "microbatch":
         return None
     try:
-        number = int(value)
+        number = _ascii_int(value)
     except (TypeError, ValueError):
-        raise InputError(where, value, "expected an integer") from None
+        raise InputError(where, value, "expected an integer in ASCII digits") from None
+    if number > MAX_DEGREE:
+        raise InputError(where, value, f"expected an integer <= {MAX_DEGREE:,}")
     if number < _INTS[key] or (key == "zero" and number > 3):
         bound = "0, 1, 2 or 3" if key == "zero" else f"an integer >= {_INTS[key]}"
         raise InputError(where, value, f"expected {bound}")

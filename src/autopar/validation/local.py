@@ -52,13 +52,13 @@ def baselines(devices: int, global_batch: int, layers: int) -> list[Strategy]:
 
 def measure(recipe_path: str, strategy: Strategy, steps: int, cluster_path: Optional[str] = None, timeout_s: float = 600) -> dict:
     """Run the strategy under torchrun in a fresh process; return the runtime's JSON report."""
-    from autopar.runtime.launch import Rendezvous, WorkerArgs, threads_env, torchrun_args
+    from autopar.runtime.launch import Rendezvous, WorkerArgs, torchrun_args, worker_env
 
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         worker = WorkerArgs(recipe_path, strategy, steps, cluster=cluster_path, json=True, report=str(report))
         cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(strategy, Rendezvous(), worker)]
-        env = {**os.environ, **threads_env(strategy)}
+        env = {**os.environ, **worker_env(strategy)}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0 or not report.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
