@@ -12,7 +12,9 @@ AUTOPAR_CHECKPOINT_MESHES=1 adds a 4-rank launch resharding between 2-D meshes (
 """
 
 import json
+import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +218,35 @@ def test_a_changed_recipe_is_named_before_resuming(one_process):
     assert changes_note(saved, parse_recipe(_recipe(GPT))) is None
     changed = parse_recipe({**_recipe(GPT, lr=0.02), "data": {"samples": 128}})
     assert changes_note(saved, changed) == "the recipe changed since the checkpoint (samples 256 -> 128, lr 0.01 -> 0.02)"
+
+
+def test_damaged_checkpoints_fall_back_and_old_ones_are_retired(tmp_path):
+    """64 flipped bytes in a shard resumed with exit 0 and trained on NaN: now every file's
+    SHA-256 is in autopar.json, the damaged step is named and the newest intact one resumes;
+    --keep K keeps the newest K steps."""
+    recipe, ckpt = _write(tmp_path / "gpt.yaml", _recipe(GPT)), tmp_path / "ckpt"
+    first = _autopar("run", recipe, "--strategy", "dp=2", "--steps", "4", "--save-every", "1", "--keep", "2",
+                     "--checkpoint", str(ckpt), "--json", "--dtype", "float64")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-3", "step-4"]
+    shard = max((f for f in (ckpt / "step-4").iterdir() if f.suffix == ".distcp"), key=lambda f: f.stat().st_size)
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(b ^ 0xFF for b in raw[len(raw) // 2: len(raw) // 2 + 64])
+    shard.write_bytes(bytes(raw))
+    resumed = _autopar("run", recipe, "--strategy", "dp=2", "--steps", "5", "--checkpoint", str(ckpt), "--json", "--dtype", "float64")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-4 is damaged" in resumed.stderr and "resuming from step 3" in resumed.stderr, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["first_step"] == 3 and all(math.isfinite(x) for x in report["losses"])
+
+
+def test_two_runs_cannot_share_a_checkpoint_directory(tmp_path, capsys):
+    from autopar.runtime.checkpoint import hold_lock
+
+    recipe, ckpt = _write(tmp_path / "gpt.yaml", _recipe(GPT)), tmp_path / "ckpt"
+    with hold_lock(ckpt):  # this process holds it, as a running `autopar run` would
+        _rejected(capsys, recipe, "--strategy", "dp=2", "--steps", "2", "--checkpoint", str(ckpt), hint="in use by another run")
+    (ckpt / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))  # its process is gone
+    with hold_lock(ckpt):
+        assert json.loads((ckpt / ".lock").read_text())["pid"] == os.getpid()
+    assert not (ckpt / ".lock").exists()

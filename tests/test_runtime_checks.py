@@ -144,7 +144,7 @@ def test_print_command_single_node(tmp_path, capsys, no_launch):
     path = _recipe(tmp_path, GPT)
     assert main(["run", path, "--strategy", "dp=2,tp=2,threads=2", "--steps", "5", "--print-command"]) == 0
     out = capsys.readouterr().out.strip()
-    assert out.startswith("OMP_NUM_THREADS=2 torchrun --standalone --nproc-per-node 4 ")
+    assert out.startswith("OMP_NUM_THREADS=2 PYTHONSAFEPATH=1 AUTOPAR_USER_PATH=. torchrun --standalone --nproc-per-node 4 ")
     assert "-m autopar.cli.worker --recipe" in out and "--strategy dp=2,tp=2,threads=2 --steps 5" in out
 
 

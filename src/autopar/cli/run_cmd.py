@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ (DCP) and resume from DIR's latest step, under any synchronous strategy")
     p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps (default: at the end only)")
+    p.add_argument("--keep", type=int, metavar="K", help="with --checkpoint: keep the newest K complete steps, remove older ones (default: all)")
     p.add_argument("--dtype", choices=("float32", "float64"), help=argparse.SUPPRESS)  # tests train in float64
     p.set_defaults(func=run)
 
@@ -64,11 +65,16 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint(args, recipe, strategy, steps)
     strategy = with_stages(recipe, strategy, cluster or local_cluster(recipe, strategy, rdzv.nnodes))  # the predicted layout
     worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json,
-                        checkpoint=args.checkpoint, save_every=args.save_every)
+                        checkpoint=args.checkpoint, save_every=args.save_every, keep=args.keep)
     if args.print_command:
         print(printable(strategy, rdzv, worker))
         return 0
-    return launch(strategy, rdzv, worker)
+    if args.checkpoint is None:
+        return launch(strategy, rdzv, worker)
+    from autopar.runtime.checkpoint import hold_lock
+
+    with hold_lock(args.checkpoint):  # one run per checkpoint directory
+        return launch(strategy, rdzv, worker)
 
 
 def check_checkpoint(args: argparse.Namespace, recipe, strategy: Strategy, steps: int) -> None:
@@ -76,7 +82,11 @@ def check_checkpoint(args: argparse.Namespace, recipe, strategy: Strategy, steps
     if args.checkpoint is None:
         if args.save_every is not None:
             raise InputError("--save-every", args.save_every, "needs --checkpoint DIR (where to save)")
+        if args.keep is not None:
+            raise InputError("--keep", args.keep, "needs --checkpoint DIR")
         return
+    if args.keep is not None and args.keep < 1:
+        raise InputError("--keep", args.keep, "expected an integer >= 1 (complete steps to keep)")
     from autopar.runtime import checkpoint
 
     start = checkpoint.check(args.checkpoint, recipe, strategy, steps, args.save_every)

@@ -48,6 +48,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ with DCP and resume from its latest step")
     p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps")
+    p.add_argument("--keep", type=int, metavar="K", help="with --checkpoint: keep the newest K complete steps")
     return p.parse_args(argv)
 
 
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank()
     prediction, why_none = prediction_for(recipe, strategy, cluster) if rank == 0 else (None, None)
     options = RunOptions(steps=args.steps, dtype=DTYPES.get(args.dtype), on_step=None if args.json else progress, cluster=cluster,
-                         checkpoint=checkpoint.CheckpointOptions(args.checkpoint, args.save_every) if args.checkpoint else None)
+                         checkpoint=checkpoint.CheckpointOptions(args.checkpoint, args.save_every, args.keep) if args.checkpoint else None)
     result = train(recipe, strategy, options, device)
     if rank == 0:
         report = report_dict(result, strategy, prediction, nproc=strategy.devices, why_no_prediction=why_none)

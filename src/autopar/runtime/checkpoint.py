@@ -3,8 +3,13 @@ from the latest, under the same strategy or another one.
 
     DIR/step-<k>/   DCP's files (one per rank, and .metadata)
                     autopar.json: the step, the model's parameter names and shapes, the
-                    optimizer, the data stream; written by rank 0 after every rank's files,
-                    so a step directory without it is incomplete and ignored.
+                    optimizer, the data stream, and every file's size and SHA-256; written
+                    by rank 0 after every rank's files (to a temporary file, fsynced, then
+                    renamed), so a step directory without it is incomplete and ignored, and
+                    one whose files do not match it is damaged: resume takes the newest
+                    intact step, chosen by rank 0 for every rank.
+    DIR/.lock       held by the `autopar run` that uses DIR (pid, host): a second run on the
+                    same directory is refused; a lock whose process is gone is taken over.
 
 What is saved, under layout-free keys (the model's own FQNs, `layers.7.attn.q.weight`):
   model.<fqn>                         parameters and persistent buffers: this rank's shards
@@ -31,11 +36,17 @@ Not checkpointed: local SGD, IST and Hogwild (see `unsupported`), and the dropou
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shutil
+import socket
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -51,6 +62,7 @@ from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
 META_FILE = "autopar.json"
+LOCK_FILE = ".lock"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -59,6 +71,7 @@ _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 class CheckpointOptions:
     directory: str
     save_every: Optional[int] = None  # steps between saves; None: at the end only
+    keep: Optional[int] = None  # complete steps kept (the newest); None: all
 
     def due(self, done: int, total: int) -> bool:
         """Whether to save after `done` steps of `total`."""
@@ -72,13 +85,119 @@ def step_dir(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"step-{step}"
 
 
-def latest_step(directory: str | Path) -> Optional[int]:
-    """The step of the newest complete checkpoint in `directory`, or None."""
+def latest_step(directory: str | Path, verify: bool = False) -> Optional[int]:
+    """The step of the newest complete checkpoint in `directory` (with `verify`: whose files
+    all match the sizes and SHA-256 its autopar.json lists), or None."""
     root = Path(directory)
     if not root.is_dir():
         return None
-    steps = [int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and (p / META_FILE).is_file()]
-    return max(steps, default=None)
+    steps = sorted((int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and (p / META_FILE).is_file()),
+                   reverse=True)
+    return next((k for k in steps if not verify or damage(step_dir(root, k)) is None), None)
+
+
+def file_digests(where: Path) -> dict[str, list]:
+    """name -> [bytes, sha256] of every file of a step directory but the marker."""
+    out = {}
+    for f in sorted(where.iterdir()):
+        if f.is_file() and f.name != META_FILE and not f.name.endswith(".tmp"):
+            h = hashlib.sha256()
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            out[f.name] = [f.stat().st_size, h.hexdigest()]
+    return out
+
+
+def damage(where: Path) -> Optional[str]:
+    """What is wrong with a complete step directory's files, or None when all match."""
+    try:
+        listed = json.loads((where / META_FILE).read_text()).get("files")
+    except (OSError, ValueError):
+        return f"{META_FILE} unreadable"
+    if not isinstance(listed, dict):
+        return None  # written before checksums were recorded: nothing to verify
+    for name, (size, _) in listed.items():
+        f = where / name
+        if not f.is_file():
+            return f"{name} missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, {size} written"
+    found = file_digests(where)
+    bad = next((n for n, (_, d) in listed.items() if found.get(n, [0, ""])[1] != d), None)
+    return f"{bad} does not match its checksum" if bad else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write, fsync, rename, fsync the folder: the file is either absent or whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def hold_lock(directory: str | Path) -> Iterator[None]:
+    """DIR/.lock for the length of a run: a second run on DIR gets an InputError; a lock left
+    by a process that no longer exists (on this host) is taken over."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None:
+                raise InputError("--checkpoint", str(directory), f"is in use by another run (pid {holder['pid']} on {holder['host']}); "
+                                                                  f"wait for it or use another directory") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _holder(lock: Path) -> Optional[dict]:
+    """The lock's owner if it is alive (or on another host, where we cannot tell), else None."""
+    try:
+        holder = json.loads(lock.read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: half-written by a process that died
+    if host != socket.gethostname():
+        return holder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return holder
+
+
+def check_writable(directory: str | Path) -> None:
+    """Find a directory we cannot write before training, not after."""
+    root = Path(directory)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise InputError("--checkpoint", str(directory), f"cannot be written ({err.strerror or err}); give a writable directory") from None
 
 
 def unsupported(s: Strategy) -> Optional[str]:
@@ -113,7 +232,12 @@ def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: O
     reason = unsupported(s)
     if reason:
         raise InputError("--checkpoint", s.to_text(), reason)
-    last = latest_step(root)
+    check_writable(root)
+    newest, last = latest_step(root), latest_step(root, verify=True)
+    if newest is not None and newest != last:
+        problem = damage(step_dir(root, newest))
+        print(f"autopar: {step_dir(root, newest)} is damaged ({problem}); "
+              + (f"resuming from step {last}" if last is not None else "no intact step: starting from step 0"), file=sys.stderr)
     if last is None:
         return 0
     where = str(step_dir(root, last))
@@ -274,8 +398,13 @@ class Checkpointer:
         self.facts = run_facts(recipe, model)
 
     def resume(self) -> int:
-        """Load the latest checkpoint into this rank's state; returns its step (0: none)."""
-        step = latest_step(self.options.directory)
+        """Load the newest intact checkpoint into this rank's state; returns its step (0: none).
+        Rank 0 chooses the step (checksums verified) and every rank loads that one."""
+        step = latest_step(self.options.directory, verify=True) if not dist.is_initialized() or dist.get_rank() == 0 else None
+        if dist.is_initialized():
+            chosen = [step]
+            dist.broadcast_object_list(chosen, src=0)
+            step = chosen[0]
         if step is None:
             return 0
         where = step_dir(self.options.directory, step)
@@ -291,12 +420,26 @@ class Checkpointer:
         where = step_dir(self.options.directory, step)
         self.state.save(where)
         distributed = dist.is_initialized()
+        if distributed:
+            dist.barrier()  # every rank's files are written before they are hashed
         if not distributed or dist.get_rank() == 0:
-            meta = {"step": step, "strategy": self.strategy.to_text(), "grad_scaler": self.state.scaler is not None, **self.facts}
-            (where / META_FILE).write_text(json.dumps(meta, indent=1))
+            meta = {"step": step, "strategy": self.strategy.to_text(), "grad_scaler": self.state.scaler is not None, **self.facts,
+                    "files": file_digests(where)}
+            _write_atomic(where / META_FILE, json.dumps(meta, indent=1))
+            self._retire(step)
         if distributed:
             dist.barrier()  # no rank looks for the latest step before it is complete
         return where
+
+    def _retire(self, newest: int) -> None:
+        """Keep the newest `keep` complete steps (--keep); older ones are removed, oldest first."""
+        keep = self.options.keep
+        if keep is None:
+            return
+        root = Path(self.options.directory)
+        complete = sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and (p / META_FILE).is_file())
+        for k in [k for k in complete if k != newest][: max(0, len(complete) - keep)]:
+            shutil.rmtree(step_dir(root, k), ignore_errors=True)
 
     def describe(self, first: int) -> str:
         every = f"every {self.options.save_every} steps and at the end" if self.options.save_every else "at the end"

@@ -59,6 +59,7 @@ class WorkerArgs:
     report: Optional[str] = None
     checkpoint: Optional[str] = None  # DCP directory (see checkpoint.py)
     save_every: Optional[int] = None
+    keep: Optional[int] = None
 
     def argv(self) -> list[str]:
         out = ["--recipe", str(Path(self.recipe).resolve()), "--strategy", self.strategy.to_text(), "--steps", str(self.steps)]
@@ -74,6 +75,8 @@ class WorkerArgs:
             out += ["--checkpoint", str(Path(self.checkpoint).resolve())]
         if self.save_every is not None:
             out += ["--save-every", str(self.save_every)]
+        if self.keep is not None:
+            out += ["--keep", str(self.keep)]
         return out
 
 
@@ -105,7 +108,7 @@ def torchrun_args(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> l
 
 
 def printable(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> str:
-    env = " ".join(f"{k}={v}" for k, v in worker_env(strategy).items())
+    env = " ".join(f"{k}={'.' if k == USER_PATH_ENV else v}" for k, v in worker_env(strategy).items())  # "." on every node
     return f"{env} {shlex.join(['torchrun', *torchrun_args(strategy, rdzv, worker)])}"
 
 
