@@ -121,8 +121,7 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path):
     workers: list[int] = []
     while time.time() < deadline and len(workers) < 2:
         time.sleep(0.5)
-        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "autopar.cli.worker"], capture_output=True, text=True).stdout
-        workers = [int(x) for x in out.split()]
+        workers = _children(proc.pid, "autopar.cli.worker")
     assert len(workers) == 2, "workers did not start"
     time.sleep(3)  # training
     os.kill(proc.pid, signal.SIGKILL)
@@ -131,6 +130,19 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path):
     while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers):
         time.sleep(0.5)
     assert not any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers), "workers outlived their launcher"
+
+
+def _children(parent: int, needle: str) -> list[int]:
+    """Pids whose parent is `parent` and whose command line contains `needle` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and needle in (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 def _alive(pid: int) -> bool:
