@@ -372,8 +372,8 @@ class CostModel:
                                       topo.pp_crosses_nodes, topo.used_per_node, topo.tp, self.cluster, self.eff)
         fwd, bwd, rec, tpf, tpb, par, act = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s",
                                                                        "tp_backward_s", "params", "activation_bytes"))
-        sums = [0.0] * 7
-        for a, e in chunks:  # one pass over the chunks, seven prefix-sum differences each
+        sums = [0.0] * 6
+        for a, e in chunks:  # one pass over the chunks, prefix-sum differences
             sums[0] += fwd[e] - fwd[a]
             sums[1] += bwd[e] - bwd[a]
             sums[2] += rec[e] - rec[a]

@@ -40,7 +40,7 @@ floors returns the model's optimum over the whole space (tests/test_planner_orac
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from autopar.cost import collectives as coll
@@ -49,6 +49,20 @@ from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.strategy import Strategy
 from autopar.techniques.data import cost as data_cost
 from autopar.techniques.pipeline import cost as pipeline_cost
+
+
+@dataclass(frozen=True)
+class _Totals:
+    """Whole-model sums of one layer table (one micro-batch on one tp rank)."""
+
+    compute_s: float  # forward + backward + tensor-parallel, no recomputation (T)
+    recompute_s: float
+    p2p_min_s: float  # the cheapest boundary send
+    params: float
+    activation_bytes: float
+    unit_max_s: float  # the slowest and fastest block unit (a block and the layers riding on it)
+    unit_min_s: float
+    average: Rank  # the average pipeline rank, for the synchronisation floor
 
 
 class NodeFloors:
@@ -65,14 +79,13 @@ class NodeFloors:
         self.devices = self.base.devices
         self.steps = model.work.steps
         self.steps_factor_min = min(model.steps_factor(replace(self.base, sync_every=h)) for h in self.periods)
-        self._sums: dict[tuple[bool, Recompute], tuple] = {}
+        self._sums: dict[tuple[bool, Recompute], _Totals] = {}
         self._sync: dict[tuple, float] = {}
         self._optimizer: dict[int, float] = {}
         self._state_bytes: dict[int, float] = {}
         self._flight: dict[Schedule, tuple[float, float]] = {}
 
-    def _totals(self, sp: bool, rc: Recompute) -> tuple:
-        """(T, recompute, p2p_min, params, activations, largest unit time, average rank)."""
+    def _totals(self, sp: bool, rc: Recompute) -> _Totals:
         key = (sp, rc)
         if key not in self._sums:
             s = replace(self.base, sequence_parallel=sp, recompute=rc)
@@ -91,18 +104,18 @@ class NodeFloors:
                            tp_s=(rs("tp_forward_s", 0, n) + rs("tp_backward_s", 0, n)) / pp, p2p_s=0.0,
                            backward_s=rs("backward_s", 0, n) / pp, params=rs("params", 0, n) / pp,
                            activation_bytes=rs("activation_bytes", 0, n) / pp, working_bytes=0.0, boundary_bytes=0.0)
-            self._sums[key] = (table.time[-1] - recompute, recompute, p2p, rs("params", 0, n),
-                               rs("activation_bytes", 0, n), unit_max, average, unit_min)
+            self._sums[key] = _Totals(table.time[-1] - recompute, recompute, p2p, rs("params", 0, n),
+                                      rs("activation_bytes", 0, n), unit_max, unit_min, average)
         return self._sums[key]
 
     def pipe_s(self, sp: bool, schedule: Schedule, v: int, rc: Recompute = Recompute.NONE) -> float:
         """Floor of m t_max + bubble for one (sequence parallel, schedule, chunks, recompute);
         with rc=none a floor for every recompute mode (recomputation only adds time)."""
-        compute, recompute, p2p, _, _, unit_max, _, _ = self._totals(sp, rc)
-        T = compute + recompute
+        t = self._totals(sp, rc)
+        T, unit_max = t.compute_s + t.recompute_s, t.unit_max_s
         if self.pp == 1:
             return self.m * T
-        total = T + 2 * (self.pp * v - 1) * p2p
+        total = T + 2 * (self.pp * v - 1) * t.p2p_min_s
         t_max = max(total / self.pp, unit_max)  # a rank holds the largest block unit
         if schedule is Schedule.INTERLEAVED:
             return self.m * t_max + (self.pp - 1) * max(t_max / v, unit_max)
@@ -110,15 +123,15 @@ class NodeFloors:
 
     def per_sample_pipe_s(self, sp: bool) -> float:
         """m T / pp: the compute of the samples a rank must process, nothing else."""
-        return self.m * self._totals(sp, Recompute.NONE)[0] / self.pp
+        return self.m * self._totals(sp, Recompute.NONE).compute_s / self.pp
 
     def any_pipe_s(self, sp: bool) -> float:
         """Floor of pipe_s over every schedule and chunk count: m max(T / pp, U) plus, over the
         other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each."""
-        compute, _, _, _, _, unit_max, _, unit_min = self._totals(sp, Recompute.NONE)
+        t = self._totals(sp, Recompute.NONE)
         if self.pp == 1:
-            return self.m * compute
-        return self.m * max(compute / self.pp, unit_max) + (self.pp - 1) * unit_min
+            return self.m * t.compute_s
+        return self.m * max(t.compute_s / self.pp, t.unit_max_s) + (self.pp - 1) * t.unit_min_s
 
     def rest_s(self, sp: bool, rc: Recompute, zero: int) -> float:
         """Floor of synchronisation + optimizer step for one (sp, recompute, ZeRO stage)."""
@@ -129,7 +142,7 @@ class NodeFloors:
         if zero not in self._optimizer:
             m = self.model
             bw = self.rate.bandwidth_Bps * m.eff.memory_bandwidth
-            self._optimizer[zero] = data_cost.optimizer_step_s(self._totals(sp, rc)[3] / self.pp, m.per_param, zero,
+            self._optimizer[zero] = data_cost.optimizer_step_s(self._totals(sp, rc).params / self.pp, m.per_param, zero,
                                                                self.base.dp, m.work.precision.is_mixed, bw)
         return self._optimizer[zero]
 
@@ -138,7 +151,7 @@ class NodeFloors:
         key = (sp, rc, zero)
         if key not in self._sync:
             s = replace(self.base, sequence_parallel=sp, recompute=rc, zero=zero, sync_every=max(self.periods))
-            self._sync[key] = self.model.rank_sync_s(s, self._totals(sp, rc)[6], self.m, self.topo, last_bucket_waits=False)
+            self._sync[key] = self.model.rank_sync_s(s, self._totals(sp, rc).average, self.m, self.topo, last_bucket_waits=False)
         return self._sync[key]
 
     def bytes(self, sp: bool, schedule: Schedule, rc: Recompute, zero: int) -> float:
@@ -146,7 +159,8 @@ class NodeFloors:
         (states + activations, f_min micro-batches each) and the activations alone weighted by
         1 / flights (max_r x_r >= sum_r w_r x_r for weights w_r >= 0 summing to one; with
         w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the layout)."""
-        _, _, _, params, acts, _, _, _ = self._totals(sp, rc)
+        t = self._totals(sp, rc)
+        params, acts = t.params, t.activation_bytes
         if zero not in self._state_bytes:
             self._state_bytes[zero] = self.model.state_bytes_per_param(replace(self.base, zero=zero))
         f_min, inverse_sum = self._flights(schedule)
@@ -166,8 +180,8 @@ class NodeFloors:
         """min of bytes() over the settings: bytes() grows with the activations and the state
         bytes per parameter (the parameters do not depend on sp or rc), so it is its value at
         the least of each."""
-        acts = min(self._totals(sp, rc)[4] for sp in sps for rc in rcs)
-        params = self._totals(sps[0], rcs[0])[3]
+        acts = min(self._totals(sp, rc).activation_bytes for sp in sps for rc in rcs)
+        params = self._totals(sps[0], rcs[0]).params
         for z in zeros:
             if z not in self._state_bytes:
                 self._state_bytes[z] = self.model.state_bytes_per_param(replace(self.base, zero=z))

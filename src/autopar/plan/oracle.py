@@ -13,13 +13,12 @@ from typing import Optional
 
 from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
-from autopar.plan.planner import _fixed, _pinned_devices, _pinned_schedules, _Search
+from autopar.plan.planner import _fixed, _pinned_devices, _pinned_schedules, _Search, _setting
 from autopar.plan.result import Objective, rank_key
 from autopar.plan.space import SearchContext, structures
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.recipe import Recipe
-from autopar.spec.strategy import Strategy
 from autopar.techniques.data.space import zero_stages
 from autopar.techniques.local_sgd.space import sync_periods
 from autopar.techniques.microbatch.space import microbatches
@@ -51,11 +50,7 @@ def brute_force(recipe: Recipe, cluster: Cluster, *, fix: Optional[dict] = None,
                     for rc in recomputes(ctx):
                         for zero in zero_stages(c):
                             for period in sync_periods(c):
-                                s = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None,
-                                             schedule=sched, virtual_stages=v, recompute=rc, sequence_parallel=sp,
-                                             data_partition=c["data_partition"], sync=c["sync"], sync_every=period,
-                                             subnet=c["subnet"], threads=c["threads"])
-                                e = search.consider(s)
+                                e = search.consider(_setting(c, b, m, sched, v, sp, rc, zero, period))
                                 if e is not None and e.fits:
                                     fitting.append(e)
     fitting.sort(key=lambda e: rank_key(e, objective))

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
-from autopar.cost.estimate import Estimate, Workload
+from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
 from autopar.plan import explain
@@ -57,7 +57,6 @@ class _Search:
     family_best: dict[str, Estimate] = field(default_factory=dict)
     family_smallest: dict[str, Estimate] = field(default_factory=dict)
     candidates: int = 0
-    fitting: int = 0  # candidates that fit in memory
     pruned: dict[str, int] = field(default_factory=dict)
     family_bound: dict[str, float] = field(default_factory=dict)  # least lower bound of pruned structures (score)
     family_problem: dict[str, str] = field(default_factory=dict)  # why a family's structures cannot run at all
@@ -94,7 +93,6 @@ class _Search:
         if fam not in self.family_smallest or e.memory_per_device_bytes < self.family_smallest[fam].memory_per_device_bytes:
             self.family_smallest[fam] = e
         if e.fits:
-            self.fitting += 1
             self.best.append(e)
             self.best.sort(key=lambda x: rank_key(x, self.objective))
             del self.best[self.top_k * 4:]
@@ -163,6 +161,7 @@ class _Structure:
     fam: str
     sizes: tuple[int, ...]  # micro-batch sizes, largest first
     knobs: tuple
+    floors: dict[int, NodeFloors]  # those built for the structure's floor, reused by its nodes
 
 
 def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Structure]]:
@@ -182,7 +181,6 @@ def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Str
         sizes = [b] if b in sizes else []
     if not sizes:
         return None
-    st = _Structure(c, fam, tuple(sizes), (sps, rcs, zeros, periods))
     small = NodeFloors(search.model, c, sizes[-1], local // sizes[-1], periods)
     if small.least_bytes(sps, Schedule.ONE_F_ONE_B, rcs, zeros) > small.capacity_bytes:
         _count(search, "memory floor")
@@ -192,6 +190,7 @@ def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Str
         return None
     big = NodeFloors(search.model, c, sizes[0], local // sizes[0], periods)
     rest = min(big.optimizer_s(sps[0], Recompute.NONE, z) for z in zeros)
+    st = _Structure(c, fam, tuple(sizes), (sps, rcs, zeros, periods), {sizes[0]: big, sizes[-1]: small})
     return _score_floor(search, big, min(big.per_sample_pipe_s(sp) for sp in sps) + rest), st
 
 
@@ -204,7 +203,7 @@ def _nodes(search: _Search, st: _Structure) -> list[_Node]:
         pairs = _pinned_schedules(search, c, m)
         if not pairs:
             continue
-        f = NodeFloors(search.model, c, b, m, periods)
+        f = st.floors.get(b) or NodeFloors(search.model, c, b, m, periods)
         # pipeline floor without recompute (it only adds), optimizer at its least, no sync
         rest = min(f.optimizer_s(sps[0], Recompute.NONE, z) for z in zeros)
         floor = min(f.any_pipe_s(sp) for sp in sps) + rest
@@ -314,7 +313,7 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
             search.consider(s)
     seconds = time.perf_counter() - t0
     if not search.best:
-        needed = _nodes_needed(recipe, cluster, fixed, objective, model.profile) if advise else None
+        needed = _nodes_needed(recipe, model, fixed, objective) if advise else None
         raise explain.nothing_fits(search.family_smallest, cluster, fixed, needed)
     chosen = [_with_layout(e) for e in search.best[:top_k]]
     plans = tuple(Plan(i + 1, e, family_of(e.strategy), explain.winner(e, model, cluster, i, chosen[0]))
@@ -325,14 +324,15 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
                       recipe_fingerprint(recipe))
 
 
-def _nodes_needed(recipe: Recipe, cluster: Cluster, fixed: dict[str, Any], objective: Objective, profile: ModelProfile,
+def _nodes_needed(recipe: Recipe, model: CostModel, fixed: dict[str, Any], objective: Objective,
                   growth: int = 64) -> Optional[tuple[int, Strategy]]:
     """The fewest whole nodes of this kind on which a plan fits, and plan 1 there: nodes double
     until one fits, then bisection between the last that did not and the first that did
     (each answer is a plan actually found, so the advice holds however many devices the
     recipe names now). None when --fix pins the device count, when the framework's reserve
     alone fills a device, or when nothing fits on `growth` times the nodes."""
-    if "dp" in fixed or cluster.device.shared_memory or CostModel(profile, Workload.from_recipe(recipe, profile), cluster).reserve_bytes >= cluster.device.memory_bytes:
+    cluster, profile = model.cluster, model.profile
+    if "dp" in fixed or cluster.device.shared_memory or model.reserve_bytes >= cluster.device.memory_bytes:
         return None
     most = cluster.nodes * growth
 

@@ -269,16 +269,12 @@ def _candidates(layer: nn.Module, cores: set[int]) -> tuple[tuple[str, str], ...
 # ------------------------------------------------------------------- profile
 
 
-def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATCH, spec: Optional[ModelSpec] = None) -> ModelProfile:
-    """`spec` gives the facts only a recipe knows (the sequence length); without it they are unknown."""
-    root = mdef.module
-    stacks = stacks_of(mdef, spec)
-    layers = placeable_layers(root, stacks)
-    calls, order, output, target = _capture(mdef, layers, batch, dtype)
+def _profile_layers(mdef: ModelDef, layers, calls: dict, order: list[str], loss_on_last: bool, batch: int, target):
+    """Each placeable layer in call order (then those that never ran), traced once per
+    distinct signature: (profiles, TP styles found by module name, attention heads found, notes)."""
     by_name = dict(layers)
-    module_names = {id(m): n for n, m in root.named_modules()}
+    module_names = {id(m): n for n, m in mdef.module.named_modules()}
     last = order[-1] if order else None
-    loss_on_last = last is not None and calls[last][2] is output
     seen: dict[tuple, tuple[int, LayerStats, bool]] = {}
     profiles: list[LayerProfile] = []
     seen_params: set[int] = set()
@@ -306,6 +302,19 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
         seen_params |= {id(p) for p in layer.parameters()}
         profiles.append(LayerProfile(name=name, group=group, stats=stats, shared_params=shared))
         marked = marked_out
+    return profiles, detected, found_heads, notes
+
+
+def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATCH, spec: Optional[ModelSpec] = None) -> ModelProfile:
+    """`spec` gives the facts only a recipe knows (the sequence length); without it they are unknown."""
+    root = mdef.module
+    stacks = stacks_of(mdef, spec)
+    layers = placeable_layers(root, stacks)
+    calls, order, output, target = _capture(mdef, layers, batch, dtype)
+    by_name = dict(layers)
+    last = order[-1] if order else None
+    loss_on_last = last is not None and calls[last][2] is output
+    profiles, detected, found_heads, notes = _profile_layers(mdef, layers, calls, order, loss_on_last, batch, target)
     if not loss_on_last:
         notes.append("the model's output is not its last layer's output: the loss is not costed")
     names = [p.name for p in profiles]

@@ -221,9 +221,11 @@ def run_facts(recipe: Recipe, model: Optional[nn.Module] = None) -> dict[str, An
     return {"model": shapes, "optimizer": recipe.training.optimizer.value, "lr": recipe.training.lr, "data": data}
 
 
-def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: Optional[int]) -> int:
+def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: Optional[int], verify: bool = True) -> int:
     """The step a run with --checkpoint starts at (0: nothing to resume); InputError before
-    anything is written if the directory, the strategy or the saved run does not fit."""
+    anything is written if the directory, the strategy or the saved run does not fit.
+    `verify`: read every file against its checksum (the launcher does; workers leave it to
+    rank 0's resume, which verifies once for all ranks)."""
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise InputError("--checkpoint", directory, "is a file; expected a directory (created if missing) to hold step-<k>/ checkpoints")
@@ -233,7 +235,7 @@ def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: O
     if reason:
         raise InputError("--checkpoint", s.to_text(), reason)
     check_writable(root)
-    newest, last = latest_step(root), latest_step(root, verify=True)
+    newest, last = latest_step(root), latest_step(root, verify=verify)
     if newest is not None and newest != last:
         problem = damage(step_dir(root, newest))
         print(f"autopar: {step_dir(root, newest)} is damaged ({problem}); "
