@@ -36,6 +36,7 @@ FLOP_TOL = 0.02
 LABEL10 = {"shape": [], "dtype": "int64", "high": 10}
 MODELS = {
     "long_skip": {"module": "tests.fixtures.real_models:long_skip", "inputs": [{"shape": [32]}], "target": LABEL10},
+    "fused_attention": {"module": "tests.fixtures.real_models:fused_attention", "inputs": [{"shape": [8, 32]}], "target": LABEL10},
     "resnet": {"module": "tests.fixtures.real_models:resnet", "inputs": [{"shape": [3, 32, 32]}], "target": LABEL10},
     "dict_forward": {"module": "tests.fixtures.real_models:dict_forward",
                      "inputs": {"tokens": {"shape": [6], "dtype": "int64", "high": 100}, "features": {"shape": [12]}},
@@ -60,6 +61,7 @@ TRAINING = {"global_batch": 8, "precision": "fp32", "optimizer": "adam", "lr": 0
 # model -> (stacks found, how a pipeline cuts it)
 STRUCTURE = {
     "long_skip": (("blocks",), "graph"),
+    "fused_attention": (("blocks",), "graph"),
     "resnet": (("layer1", "layer2", "layer3", "layer4"), "graph"),
     "dict_forward": ((), ""),
     "gpt2": (("model.transformer.h",), "graph"),
@@ -77,6 +79,7 @@ EQUAL = {
     "long_skip": ["pp=2,schedule=gpipe,microbatch=2", "pp=2,schedule=1f1b,microbatch=2", "dp=2,recompute=full", "tp=2"],
     "resnet": ["pp=2,schedule=gpipe,microbatch=8"],  # one micro-batch: BatchNorm sees the whole batch
     "dict_forward": ["dp=2,zero=3", "tp=2"],
+    "fused_attention": ["tp=2"],
     # tied embedding across the cut; tp splits the Conv1D MLP (the fused q/k/v projection stays whole)
     "gpt2": ["pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3,recompute=full", "tp=2"],
     "llama": ["tp=2", "pp=2,schedule=gpipe,microbatch=2", "dp=2,recompute=full"],
@@ -151,10 +154,17 @@ def test_mixture_of_experts_counts_active_parameters(profiles):
     assert profiles["llama"].active_params is None
 
 
-def test_gpt2_conv1d_mlp_is_split(profiles):
+def test_gpt2_and_t5_attention_is_split(profiles):
+    """GPT-2's fused Conv1D c_attn splits each of q, k, v; T5's q/k/v/o and its relative
+    position bias (one column per head) split with the heads (runs: EQUAL's tp=2)."""
     plan = dict(profiles["gpt2"].facts.tp_plan)
-    assert plan["model.transformer.h.0.mlp.c_fc"] == "colwise" and plan["model.transformer.h.0.mlp.c_proj"] == "rowwise"
-    assert not any("c_attn" in p for p in plan)
+    assert plan["model.*.attn.c_attn"] == "packed_qkv" and plan["model.*.attn.c_proj"] == "rowwise"
+    assert plan["model.*.mlp.c_fc"] == "colwise" and plan["model.*.mlp.c_proj"] == "rowwise"
+    plan = dict(profiles["t5"].facts.tp_plan)
+    assert all(plan[f"model.*.{a}.{p}"] == "colwise" for a in ("SelfAttention", "EncDecAttention") for p in "qkv")
+    assert plan["model.*.SelfAttention.o"] == "rowwise" and plan["model.*.relative_attention_bias"] == "colwise"
+    assert dict(profiles["t5"].facts.tp_units)["num_attention_heads"] == 4
+    assert dict(profiles["fused_attention"].facts.tp_units)["blocks.*.attn.heads"] == 4
 
 
 def test_transformers_plans_come_from_the_library(profiles):

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import Any, Callable, Optional
 
 import torch
@@ -84,6 +85,7 @@ class ModelDef:
     init: Optional[InitScheme] = None  # built-ins: drawn per parameter by models/init.py; None: the module's own
     head_units: tuple[tuple[str, int], ...] = ()  # (what, heads) a tensor-parallel degree must divide
     active_params: Optional[int] = None  # mixture of experts: parameters one token uses (models/hf.active_params)
+    tp_local_attrs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (module pattern, int attributes each tp rank holds // tp)
 
 
 _BUILTIN = (GPTSpec, LlamaSpec, MLPSpec, CNNSpec, WideLinearSpec)
@@ -174,11 +176,29 @@ def _build_user(spec: ModuleSpec) -> ModelDef:
     inputs = tuple(TensorSpec(tuple(i.shape), _DTYPES[i.dtype], i.high) for i in spec.input_specs)
     target = TensorSpec(tuple(spec.target.shape), _DTYPES[spec.target.dtype], spec.target.high) if spec.target else None
     plan = module.tp_plan() if callable(getattr(module, "tp_plan", None)) else None
+    local = tuple(module.tp_local_attrs()) if plan and callable(getattr(module, "tp_local_attrs", None)) else ()
+    units = _local_attr_units(module, local)
     name = spec.module.rsplit(":", 1)[-1]
     if spec.input_names is not None:
         module = KeywordInputs(module, spec.input_names)
         plan = {f"inner.{pattern}": style for pattern, style in plan.items()} if plan else None
-    return ModelDef(module, inputs, target, user_loss, name, tp_plan=plan)
+        local = tuple((f"inner.{pattern}", attrs) for pattern, attrs in local)
+    return ModelDef(module, inputs, target, user_loss, name, tp_plan=plan, head_units=units, tp_local_attrs=local)
+
+
+def _local_attr_units(module: nn.Module, local_attrs) -> tuple[tuple[str, int], ...]:
+    """(pattern.attr, value) of each per-rank attribute a user module declares
+    (`tp_local_attrs()`: (fnmatch pattern, attribute names)): tp must divide each value."""
+    units = {}
+    for pattern, attrs in local_attrs:
+        for sub_name, sub in module.named_modules():
+            if sub_name and fnmatch(sub_name, pattern):
+                for attr in attrs:
+                    value = getattr(sub, attr, None)
+                    if not isinstance(value, int) or isinstance(value, bool):
+                        raise InputError("model.module", f"{sub_name}.{attr}", "tp_local_attrs() names an attribute that is not an int")
+                    units.setdefault(f"{pattern}.{attr}", value)
+    return tuple(units.items())
 
 
 class KeywordInputs(nn.Module):

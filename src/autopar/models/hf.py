@@ -136,9 +136,11 @@ def build_transformers(spec: TransformersSpec):
     model = _from_config(auto, config, spec)
     inputs, target, loss = _task_io(spec, config)
     wrapper = _WRAPPERS[spec.task](model)
-    plan = library_tp_plan(wrapper, config)
+    plan, local_attrs = library_tp_plan(wrapper, config), ()
+    if plan is None:
+        plan, local_attrs = declared_tp_plan(wrapper, config)
     return ModelDef(wrapper, inputs, target, loss, spec.config_name, tp_plan=plan, active_params=active_params(model, config),
-                    head_units=_head_units(config) if plan else ())
+                    head_units=_head_units(config) if plan else (), tp_local_attrs=local_attrs)
 
 
 _LINEAR_STYLES = {"colwise": "colwise", "rowwise": "rowwise"}  # transformers' names -> ours (TPStyle)
@@ -159,6 +161,45 @@ def library_tp_plan(wrapper: nn.Module, config) -> Optional[dict[str, str]]:
         if style in _LINEAR_STYLES and any(fnmatch(n, full) for n in linears):
             out[full] = _LINEAR_STYLES[style]
     return out or None
+
+
+# Megatron plans for model types whose config declares none, read from transformers 5's
+# modeling code. Patterns are under the wrapper ("model." + the library's names). Each
+# rank's attention then holds H / tp heads; the attributes its forward reads to cut or view
+# heads are divided by tp on that rank (`local_attrs`), so the same code computes its heads.
+#   gpt2  GPT2Attention.forward: c_attn(x).split(self.split_size, dim=2), views (..., -1, head_dim);
+#         c_attn is one Conv1D making [q | k | v]: each part split (packed_qkv)
+#   t5    T5Attention.forward: q/k/v(x).view(..., -1, d_kv); the relative-position bias
+#         Embedding(buckets, n_heads) gives one column per head (split with them); the
+#         bias-less layers build zeros (1, self.n_heads, T, S)
+_DECLARED_TP: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "gpt2": ((("model.*.attn.c_attn", "packed_qkv"), ("model.*.attn.c_proj", "rowwise"),
+              ("model.*.mlp.c_fc", "colwise"), ("model.*.mlp.c_proj", "rowwise")),
+             (("model.*.attn", ("split_size", "num_heads")),)),
+    "t5": (tuple((f"model.*.{a}.{p}", "colwise") for a in ("SelfAttention", "EncDecAttention") for p in "qkv")
+           + (("model.*.SelfAttention.o", "rowwise"), ("model.*.EncDecAttention.o", "rowwise"),
+              ("model.*.relative_attention_bias", "colwise"),
+              ("model.*.DenseReluDense.wi", "colwise"), ("model.*.DenseReluDense.wi_0", "colwise"),
+              ("model.*.DenseReluDense.wi_1", "colwise"), ("model.*.DenseReluDense.wo", "rowwise")),
+           (("model.*.SelfAttention", ("n_heads", "inner_dim")), ("model.*.EncDecAttention", ("n_heads", "inner_dim")))),
+}
+
+
+def declared_tp_plan(wrapper: nn.Module, config) -> tuple[Optional[dict[str, str]], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """The declared plan of `config.model_type` and its per-rank attributes; (None, ()) where
+    there is none or the built model lacks a named attribute (another library version)."""
+    declared = _DECLARED_TP.get(getattr(config, "model_type", ""))
+    if declared is None:
+        return None, ()
+    plan, local_attrs = declared
+    names = dict(wrapper.named_modules())
+    for pattern, attrs in local_attrs:
+        for name, module in names.items():
+            if fnmatch(name, pattern) and not all(isinstance(getattr(module, a, None), int) for a in attrs):
+                return None, ()
+    if not any(fnmatch(n, pattern) for pattern, _ in plan for n in names):
+        return None, ()
+    return dict(plan), local_attrs
 
 
 def _head_units(config) -> tuple[tuple[str, int], ...]:

@@ -97,7 +97,7 @@ def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: 
 # The vocabulary styles are absent: DTensor shards the vocabulary unevenly (torch.chunk
 # sizes) and the vocab-parallel embedding and loss stay exact (equivalence test, vocab 65),
 # so tp need not divide it, unlike widths that views reshape into heads.
-_SPLIT_DIM = {"colwise": ("out_features", 1), "rowwise": ("in_features", 0)}  # name, index into features()
+_SPLIT_DIM = {"colwise": ("out_features", 1), "packed_qkv": ("out_features", 1), "rowwise": ("in_features", 0)}  # name, index into features()
 
 
 def _planned_units(module: nn.Module, plan: dict[str, str]) -> tuple[tuple[str, int], ...]:

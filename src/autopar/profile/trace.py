@@ -43,7 +43,7 @@ _GATHER = {aten.embedding, aten.index_select, aten.gather}
 _BERNOULLI = {aten.bernoulli, aten.bernoulli_}
 _MASK_MARK = "_autopar_mask"  # dropout masks: CUDA keeps bool (1 byte), the meta kernel reports the input dtype
 _TP_MARK = "_autopar_tp"  # attribute set on tensors that are split across tensor-parallel ranks
-_SHARD_OUT = (TPStyle.COLWISE, TPStyle.VOCAB_HEAD)  # outputs stay sharded
+_SHARD_OUT = (TPStyle.COLWISE, TPStyle.PACKED_QKV, TPStyle.VOCAB_HEAD)  # outputs stay sharded
 _REDUCE_OUT = (TPStyle.ROWWISE, TPStyle.VOCAB_EMBEDDING)  # outputs all-reduced
 
 

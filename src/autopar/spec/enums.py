@@ -54,5 +54,6 @@ class TPStyle(str, Enum):
 
     COLWISE = "colwise"  # Linear: split output features; output stays sharded
     ROWWISE = "rowwise"  # Linear: split input features; output all-reduced (reduce-scattered with SP)
+    PACKED_QKV = "packed_qkv"  # fused q/k/v Linear or Conv1D: each of its 3 equal output parts split; output stays sharded
     VOCAB_EMBEDDING = "vocab_embedding"  # Embedding: split the vocabulary; output all-reduced
     VOCAB_HEAD = "vocab_head"  # output Linear: split the vocabulary; loss computed on shards

@@ -6,8 +6,14 @@ The model's `tp_plan` maps fnmatch patterns to styles; each becomes a ParallelSt
   vocab_embedding  RowwiseParallel(input Replicate)       vocabulary split, output all-reduced
   vocab_head       ColwiseParallel(output Shard(-1))      vocabulary split; logits stay a DTensor and
                                                           the loss runs under `loss_parallel()`
-transformers' Conv1D (GPT-2; weight (in, out)) gets the same two styles with the weight's
-dimensions swapped (ColwiseConv1D, RowwiseConv1D).
+  packed_qkv       PackedColwise()                        a fused [q | k | v] projection (GPT-2's c_attn):
+                                                          each third split, rank r holding [q_r | k_r | v_r]
+transformers' Conv1D (GPT-2; weight (in, out)) gets the same styles with the weight's
+dimensions swapped (ColwiseConv1D, RowwiseConv1D, PackedColwise).
+
+Attributes a module's forward reads to cut or view its heads (GPT-2's split_size and
+num_heads, T5's n_heads) are divided by tp on each rank (ModelDef.tp_local_attrs), so the
+library's own forward computes the rank's heads unchanged.
 
 Sequence parallel (Korthikanti et al. 2022) keeps the residual stream split along the
 sequence (Shard(1)) between tensor-parallel regions, derived from the same plan:
@@ -27,7 +33,7 @@ from functools import partial
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -37,6 +43,7 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
     parallelize_module,
 )
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from autopar.models.init import retie_, tied_parameters
 from autopar.profile.linears import is_conv1d
@@ -54,7 +61,10 @@ def apply(par: Parallelized) -> None:
         return
     for chunk in par.chunks:
         par.loss_parallel |= apply_tensor_parallel(chunk.module, par.ctx.mesh["tp"], par.mdef.tp_plan or {}, s.sequence_parallel)
+        localize_attrs_(chunk.module, par.mdef.tp_local_attrs, s.tp)
     extras = (", sequence_parallel" if s.sequence_parallel else "") + (", loss_parallel" if par.loss_parallel else "")
+    if par.mdef.tp_local_attrs:
+        extras += ", per-rank " + "/".join(sorted({a for _, attrs in par.mdef.tp_local_attrs for a in attrs}))
     par.applied.append(f"tensor_parallel(tp={s.tp}{extras})")
 
 
@@ -70,6 +80,19 @@ def apply_tensor_parallel(module: nn.Module, tp_mesh: DeviceMesh, tp_plan: dict[
     return TPStyle.VOCAB_HEAD in styles.values()
 
 
+def localize_attrs_(module: nn.Module, local_attrs: tuple[tuple[str, tuple[str, ...]], ...], tp: int) -> None:
+    """Divide each named int attribute of the matching submodules by tp (the rank's share)."""
+    for pattern, attrs in local_attrs:
+        for name, sub in module.named_modules():
+            if not (name and fnmatch(name, pattern)):
+                continue
+            for attr in attrs:
+                value = getattr(sub, attr)
+                if value % tp:
+                    raise ValueError(f"strategy.tp: {name}.{attr} = {value} is not divisible by tp = {tp}; use a tp that divides it")
+                setattr(sub, attr, value // tp)
+
+
 def resolve_plan(module: nn.Module, tp_plan: dict[str, str]) -> dict[str, TPStyle]:
     """Module name -> style, for every submodule a pattern matches (the first matching pattern wins)."""
     out = {}
@@ -82,6 +105,8 @@ def resolve_plan(module: nn.Module, tp_plan: dict[str, str]) -> dict[str, TPStyl
 
 def _style(style: TPStyle, sp: bool, module: nn.Module) -> ParallelStyle:
     seq = Shard(1) if sp else Replicate()
+    if style is TPStyle.PACKED_QKV:
+        return PackedColwise()
     if is_conv1d(module) and style in (TPStyle.COLWISE, TPStyle.ROWWISE):
         return ColwiseConv1D() if style is TPStyle.COLWISE else RowwiseConv1D(output_layouts=seq)
     if style is TPStyle.COLWISE:
@@ -107,6 +132,33 @@ class ColwiseConv1D(ColwiseParallel):
                                  partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
 
 
+class PackedColwise(ColwiseParallel):
+    """ColwiseParallel for a fused projection whose output features are 3 equal parts
+    [q | k | v] (Linear: weight (3P, in); Conv1D: weight (in, 3P); bias (3P,)).
+    `_StridedShard(dim, split_factor=3)` gives rank r [q_r | k_r | v_r] (each part cut in tp
+    pieces), so the forward's split(P / tp) yields its heads of each; the full tensor (and a
+    DCP checkpoint) keeps the library's layout. The output is the rank's local features."""
+
+    def _partition_packed_fn(self, name, module, device_mesh):
+        tp = device_mesh.size()
+        for pname, p in module.named_parameters():
+            dim = 1 if pname == "weight" and is_conv1d(module) else 0
+            if p.shape[dim] % (3 * tp):
+                raise ValueError(f"strategy.tp: {name or 'module'}.{pname} has {p.shape[dim]} packed features, "
+                                 f"not 3 parts divisible by tp = {tp}; use a tp that divides the heads")
+            placement = _StridedShard(dim, split_factor=3)
+            module.register_parameter(pname, nn.Parameter(distribute_tensor(p, device_mesh, [placement]), requires_grad=p.requires_grad))
+
+    @staticmethod
+    def _local_output_fn(mod, outputs, device_mesh):
+        return outputs.to_local() if isinstance(outputs, DTensor) else outputs
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        return distribute_module(module, device_mesh, self._partition_packed_fn,
+                                 partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+                                 self._local_output_fn)
+
+
 class RowwiseConv1D(RowwiseParallel):
     """RowwiseParallel for transformers' Conv1D: W Shard(0) (input rows), b replicated."""
 
@@ -129,7 +181,7 @@ def _sequence_parallel_plan(module: nn.Module, styles: dict[str, TPStyle]) -> di
             plan[name] = SequenceParallel()
     for name, style in styles.items():
         parent = name.rpartition(".")[0]
-        if style is TPStyle.COLWISE and parent:
+        if style in (TPStyle.COLWISE, TPStyle.PACKED_QKV) and parent:
             plan[parent] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
     if isinstance(getattr(module, "embed", None), nn.Module):
         plan["embed"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(1))
