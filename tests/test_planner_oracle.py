@@ -42,6 +42,10 @@ CASES = {  # name: (model, global batch, training keys, cluster, --fix, objectiv
                                                              Objective.TIME),
     "gpt-4b, pipelines only (--fix pp=4)": (GPT_4B, 64, {"precision": "fp32", "optimizer": "adam"}, V100_16, {"pp": 4}, Objective.TIME),
     "gpt-125m, 2 nodes, device-seconds": (GPT_125M, 64, {}, {**DGX, "nodes": 2}, None, Objective.DEVICES),
+    "gpt-1.3b, 4 nodes on a 25 GB/s network (HSDP)": (GPT_1B, 64, {"optimizer": "adam", "precision": "bf16"},
+                                                       {**DGX, "nodes": 4, "inter_node": {"bandwidth_GBps": 25}}, None, Objective.TIME),
+    "gpt-4b on one A100 (host offload)": (GPT_4B, 32, {"optimizer": "adam", "precision": "bf16"},
+                                          {**DGX, "nodes": 1, "devices_per_node": 1}, None, Objective.TIME),
     "gpt-1.3b, 2 nodes, throughput": (GPT_1B, 64, {"optimizer": "adam", "precision": "bf16"}, {**DGX, "nodes": 2}, None,
                                       Objective.THROUGHPUT),
 }

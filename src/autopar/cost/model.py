@@ -3,11 +3,13 @@
     step = m micro-batches through the slowest pipeline rank     (compute, recompute, tp, p2p)
          + the pipeline bubble                                   (techniques/pipeline/cost.py)
          + exposed data-parallel synchronisation                 (data, local_sgd, subnet cost.py)
-         + the optimizer step                                    (data/cost.py: ZeRO shards)
+         + exposed host <-> device copies                        (offload/cost.py)
+         + the optimizer step                                    (data/cost.py: ZeRO shards; offload: on the host)
          + exposed data loading
 
     memory = max over pipeline ranks of  model states (ZeRO)  + activations in flight
                                        + working set + buffers + framework reserve
+    (offload: the states live in host memory, which must hold every rank's shard of a node)
 
 `CostModel` caches the per-layer tables (cost/layers.py) of one (profile, workload,
 cluster) so the planner's thousands of estimates cost microseconds each. Ranks are
@@ -36,12 +38,13 @@ from autopar.techniques import check_strategy
 from autopar.techniques.data import cost as data_cost
 from autopar.techniques.features import cost as features_cost
 from autopar.techniques.local_sgd import cost as local_sgd_cost
+from autopar.techniques.offload import cost as offload_cost
 from autopar.techniques.pipeline import cost as pipeline_cost
 from autopar.techniques.subnet import cost as subnet_cost
 from autopar.techniques.threads import cost as threads_cost
 
 FRAMEWORK_RESERVE_BYTES = {True: 0.35 * GB, False: 1.5 * GB}  # CPU process (torch + Python); CUDA context + allocator slack
-HOST_TO_DEVICE_BPS = 20 * GB  # PCIe 4.0 x16 in practice, for input batches
+HOST_MEMORY_USABLE = 0.8  # of a node's host memory, for offloaded states (the OS, loaders and pinned buffers take the rest)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Topology:
     dp: coll.Placement
     pp_crosses_nodes: bool
     used_per_node: int
+    shard: Optional[coll.Placement] = None  # HSDP: the shard group and the replicas' group
+    replicate: Optional[coll.Placement] = None
 
 
 @dataclass(frozen=True)
@@ -136,11 +141,34 @@ class CostModel:
             "pp_comm": m * slow.p2p_s,
             "bubble": bubble_s,
             "dp_comm": self._sync_s(s, rs.distinct, m, topo),
-            "optimizer": data_cost.optimizer_step_s(rs.max_params, self.per_param, s.zero, s.dp, self.work.precision.is_mixed,
-                                                    rate.bandwidth_Bps * self.eff.memory_bandwidth),
+            "offload": max((self.rank_offload_s(s, r, m) for r in rs.distinct), default=0.0) if s.offload else 0.0,
+            "optimizer": self.optimizer_s(s, rs.max_params, rate, topo),
             "data": self._loading_s(s, pipe_s),
         }
-        return self._assemble(s, time, self._memory(s, rs.ranks, m, table), counts)
+        host = self.host_bytes_per_node(s, rs.max_params, topo)
+        return self._assemble(s, time, self._memory(s, rs.ranks, m, table), counts, host)
+
+    def optimizer_s(self, s: Strategy, params: float, rate: DeviceRate, topo: Topology) -> float:
+        """The optimizer step of a rank holding `params` (linear in them): on the device over
+        its ZeRO shard, or with offload on the host, sharing the node's memory bandwidth."""
+        if s.offload:
+            host_Bps = self.cluster.host_memory_bandwidth_Bps * self.eff.memory_bandwidth / topo.used_per_node
+            return offload_cost.host_step_s(params / self._shard_group(s), self.work.optimizer.state_floats_per_param, host_Bps)
+        return data_cost.optimizer_step_s(params, self.per_param, s.zero, self._shard_group(s), self.work.precision.is_mixed,
+                                          rate.bandwidth_Bps * self.eff.memory_bandwidth)
+
+    def rank_offload_s(self, s: Strategy, r: Rank, m: int) -> float:
+        """Exposed PCIe copies of one pipeline rank's shard (convex in its params and times)."""
+        gathers = 3 if s.recompute is Recompute.FULL else 2
+        busy = m * (r.compute_s + r.recompute_s) * self.comm_overlap
+        return offload_cost.pcie_exposed_s(r.params / self._shard_group(s), gathers, m, busy, self.cluster.host_link_Bps)
+
+    def host_bytes_per_node(self, s: Strategy, params: float, topo: Topology) -> float:
+        """Host memory the offloaded shards of one node's ranks take (0 without offload)."""
+        if not s.offload:
+            return 0.0
+        shard = params / self._shard_group(s)
+        return topo.used_per_node * offload_cost.host_state_bytes(shard, self.work.optimizer.state_floats_per_param)
 
     def _sync_s(self, s: Strategy, ranks: Sequence[Rank], m: int, topo: Topology) -> float:
         """Exposed gradient / parameter synchronisation of one step: each pipeline rank's dp
@@ -164,6 +192,8 @@ class CostModel:
         if s.sync is Sync.ASYNC:
             return local_sgd_cost.averaging_s(r.params * 4, topo.dp, s.sync_every, cl, eff)
         window = r.backward_s * self.comm_overlap
+        if s.dp_shard is not None:
+            return self._hsdp_sync_s(s, r, m, topo, window, last_bucket_waits)
         link = cl.intra_node if topo.dp.nodes == 1 else cl.inter_node
         ddp = data_cost.ddp_sync(r.params * g, topo.dp, window, cl, eff, last_bucket_waits).exposed_s * link.ddp_factor
         if s.zero == 0:
@@ -178,6 +208,25 @@ class CostModel:
         return max(ddp, data_cost.zero3_sync_s(r.params * p, r.params * g, gathers, m, forward_busy, backward_busy,
                                                1 / max(1, self.n_layers), topo.dp, cl, eff, link.fsdp_factor))
 
+    def _hsdp_sync_s(self, s: Strategy, r: Rank, m: int, topo: Topology, window: float, last_bucket_waits: bool) -> float:
+        """HSDP: ZeRO-2/3 over the shard group (one node), plus the all-reduce of each rank's
+        1 / dp_shard of the gradients across the replicas, on the inter-node links: it hides
+        under the backward on its own links (a sum of convex terms, as rank_sync_s needs)."""
+        cl, eff, (p, g, _) = self.cluster, self.eff, self.per_param
+        shard_link = cl.intra_node if topo.shard.nodes == 1 else cl.inter_node
+        rep_link = cl.intra_node if topo.replicate.nodes == 1 else cl.inter_node
+        across = coll.all_reduce_s(r.params * g / s.dp_shard, topo.replicate, cl, eff) * rep_link.fsdp_factor
+        replicate = max(0.0, across - window)
+        if s.zero == 2:
+            return data_cost.zero12_sync(r.params * g, r.params * p, topo.shard, window, cl, eff, last_bucket_waits).exposed_s \
+                * shard_link.fsdp_factor + replicate
+        gathers = 3 if s.recompute is Recompute.FULL else 2
+        o = self.comm_overlap
+        forward_busy = m * (r.compute_s - r.backward_s + r.tp_s / 2) * o
+        backward_busy = m * (r.backward_s + r.recompute_s + r.tp_s / 2) * o
+        return data_cost.zero3_sync_s(r.params * p, r.params * g, gathers, m, forward_busy, backward_busy,
+                                      1 / max(1, self.n_layers), topo.shard, cl, eff, shard_link.fsdp_factor) + replicate
+
     def _loading_s(self, s: Strategy, busy_s: float) -> float:
         """Input batches: read from storage when a node's shard exceeds its host memory, then
         copied to the device; exposed beyond the pipeline's busy time."""
@@ -186,7 +235,7 @@ class CostModel:
         per_node_step = w.global_batch * w.sample_bytes / nodes  # feature partitions still read whole samples per node
         shard = w.samples * w.sample_bytes / nodes
         read = per_node_step / w.storage_Bps if shard > cl.host_memory_bytes * 0.8 else 0.0
-        copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / HOST_TO_DEVICE_BPS
+        copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / cl.host_link_Bps
         return max(0.0, read + copy - busy_s)
 
     def _memory(self, s: Strategy, ranks: list[Rank], m: int, table: LayerTable) -> dict[str, float]:
@@ -197,6 +246,8 @@ class CostModel:
                    + ranks[r].working_bytes + 2 * ranks[r].boundary_bytes)
         rank = ranks[peak]
         states = data_cost.model_state_bytes(rank.params, self.per_param, s.zero, self._shard_group(s))
+        if s.offload:  # every shard in host memory (host_bytes_per_node)
+            states = data_cost.StateBytes(0.0, 0.0, 0.0)
         buffers = 2 * rank.boundary_bytes
         if s.dp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
             buffers += 2 * data_cost.DDP_BUCKET_BYTES  # DDP buckets in flight
@@ -208,18 +259,25 @@ class CostModel:
         out["total"] = sum(out.values())
         return out
 
-    def _assemble(self, s: Strategy, time: dict[str, float], mem: dict[str, float], counts) -> Estimate:
+    def _assemble(self, s: Strategy, time: dict[str, float], mem: dict[str, float], counts, host_bytes: float = 0.0) -> Estimate:
         w = self.work
         step = sum(time.values())
         capacity = self.capacity_bytes(s)
-        fits = mem["total"] <= capacity
+        host_capacity = self.cluster.host_memory_bytes * HOST_MEMORY_USABLE
+        fits = mem["total"] <= capacity and host_bytes <= host_capacity
+        reason = None
+        if mem["total"] > capacity:
+            reason = f"needs {mem['total'] / GB:.3g} GB per device > {capacity / GB:.3g} GB"
+        elif host_bytes > host_capacity:
+            reason = (f"offload needs {host_bytes / GB:.3g} GB of host memory per node > {host_capacity / GB:.3g} GB "
+                      f"({HOST_MEMORY_USABLE:.0%} of {self.cluster.host_memory_bytes / GB:.3g} GB)")
         flops = self.flops_per_sample(s) * w.global_batch
         tflops = flops / step / s.devices if step > 0 else 0.0
         return Estimate(
             strategy=s,
             devices_used=s.devices,
             fits=fits,
-            reason=None if fits else f"needs {mem['total'] / GB:.3g} GB per device > {capacity / GB:.3g} GB",
+            reason=reason,
             step_time_s=step,
             time_breakdown_s=time,
             memory_per_device_bytes=mem["total"],
@@ -251,11 +309,13 @@ class CostModel:
         return factor
 
     def _shard_group(self, s: Strategy) -> int:
-        """Ranks ZeRO shards over: the dp group of synchronous sample-parallel replicas."""
-        return s.dp if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
+        """Ranks ZeRO shards over: the dp group of synchronous sample-parallel replicas (HSDP:
+        its shard group)."""
+        return s.shard_size if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
 
     def state_bytes_per_param(self, s: Strategy) -> float:
-        return data_cost.model_state_bytes(1.0, self.per_param, s.zero, self._shard_group(s)).total
+        """Device bytes of model states per parameter (offload: none stay on the device)."""
+        return 0.0 if s.offload else data_cost.model_state_bytes(1.0, self.per_param, s.zero, self._shard_group(s)).total
 
     def capacity_bytes(self, s: Strategy) -> float:
         return self.cluster.device.memory_bytes * s.threads
@@ -278,7 +338,11 @@ class CostModel:
         used_per_node = min(dpn, s.devices)
         tp = coll.place(s.tp, s.threads, dpn, used_per_node)
         dp = coll.place(s.dp, s.threads * s.tp, dpn, used_per_node)
-        return Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node)
+        shard = replicate = None
+        if s.dp_shard is not None:
+            shard = coll.place(s.dp_shard, s.threads * s.tp, dpn, used_per_node)
+            replicate = coll.place(s.dp // s.dp_shard, s.threads * s.tp * s.dp_shard, dpn, used_per_node)
+        return Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node, shard, replicate)
 
     def rate(self, s: Strategy, used_per_node: int) -> DeviceRate:
         dev = self.cluster.device

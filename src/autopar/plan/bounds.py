@@ -16,7 +16,9 @@ least the smallest boundary tensor's send. Then
     t_max >= (T + X) / pp                                  the slowest rank >= the average
     1F1B, GPipe: (m - 1) t_max + t_sum >= (T + X)(m - 1 + pp) / pp        (t_sum >= T + X)
     interleaved: m t_max + (pp - 1) max(t_max / v, chunk) >= (T + X)(m + (pp - 1) / v) / pp
-    optimizer >= its value for the average rank's parameters (it is linear in them)
+    optimizer >= its value for the average rank's parameters (it is linear in them; with
+               offload, the host step, also linear)
+    offload >= the average rank's exposed PCIe copies (convex, as dp_comm)
     dp_comm >= the exposed synchronisation of the average rank: the cost model takes the
                most any rank exposes, a convex function of the rank's parameters and
                times once the one-bucket minimum is dropped (cost/model.py rank_sync_s),
@@ -28,8 +30,8 @@ activations in flight; uniform weights and weights 1 / f_r give
 
     bytes >= max((P s_z + A_rc f_min) / pp,  A_rc / sum_r (1 / f_r)) + reserve,
 
-P the parameters of one tp rank over all layers, s_z the state bytes per parameter at
-ZeRO stage z, A_rc every layer's saved activations of one micro-batch under recompute
+P the parameters of one tp rank over all layers, s_z the device state bytes per
+parameter of sharding z (ZeRO stage, HSDP shard group; 0 with offload), A_rc every layer's saved activations of one micro-batch under recompute
 mode rc, f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
 that, GPipe m), f_min the fewest.
 
@@ -47,7 +49,7 @@ from autopar.cost import collectives as coll
 from autopar.cost.model import CostModel, Rank
 from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.strategy import Strategy
-from autopar.techniques.data import cost as data_cost
+from autopar.techniques.data.space import Sharding
 from autopar.techniques.pipeline import cost as pipeline_cost
 
 
@@ -81,8 +83,8 @@ class NodeFloors:
         self.steps_factor_min = min(model.steps_factor(replace(self.base, sync_every=h)) for h in self.periods)
         self._sums: dict[tuple[bool, Recompute], _Totals] = {}
         self._sync: dict[tuple, float] = {}
-        self._optimizer: dict[int, float] = {}
-        self._state_bytes: dict[int, float] = {}
+        self._optimizer: dict[Sharding, float] = {}
+        self._state_bytes: dict[Sharding, float] = {}
         self._flight: dict[Schedule, tuple[float, float]] = {}
 
     def _totals(self, sp: bool, rc: Recompute) -> _Totals:
@@ -133,28 +135,30 @@ class NodeFloors:
             return self.m * t.compute_s
         return self.m * max(t.compute_s / self.pp, t.unit_max_s) + (self.pp - 1) * t.unit_min_s
 
-    def rest_s(self, sp: bool, rc: Recompute, zero: int) -> float:
-        """Floor of synchronisation + optimizer step for one (sp, recompute, ZeRO stage)."""
+    def rest_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
+        """Floor of synchronisation + offload copies + optimizer step for one (sp, recompute, sharding)."""
         return self.optimizer_s(sp, rc, zero) + self.sync_s(sp, rc, zero)
 
-    def optimizer_s(self, sp: bool, rc: Recompute, zero: int) -> float:
+    def optimizer_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """The optimizer step at the average rank's parameters (the same for every sp, rc)."""
         if zero not in self._optimizer:
-            m = self.model
-            bw = self.rate.bandwidth_Bps * m.eff.memory_bandwidth
-            self._optimizer[zero] = data_cost.optimizer_step_s(self._totals(sp, rc).params / self.pp, m.per_param, zero,
-                                                               self.base.dp, m.work.precision.is_mixed, bw)
+            s = replace(self.base, **zero.fields())
+            self._optimizer[zero] = self.model.optimizer_s(s, self._totals(sp, rc).params / self.pp, self.rate, self.model.topology(s))
         return self._optimizer[zero]
 
-    def sync_s(self, sp: bool, rc: Recompute, zero: int) -> float:
-        """Exposed synchronisation of the average rank, at the longest averaging period."""
+    def sync_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
+        """Exposed synchronisation (and offload copies) of the average rank, at the longest
+        averaging period."""
         key = (sp, rc, zero)
         if key not in self._sync:
-            s = replace(self.base, sequence_parallel=sp, recompute=rc, zero=zero, sync_every=max(self.periods))
-            self._sync[key] = self.model.rank_sync_s(s, self._totals(sp, rc).average, self.m, self.topo, last_bucket_waits=False)
+            s = replace(self.base, sequence_parallel=sp, recompute=rc, **zero.fields(), sync_every=max(self.periods))
+            average = self._totals(sp, rc).average
+            topo = self.model.topology(s)
+            offload = self.model.rank_offload_s(s, average, self.m) if s.offload else 0.0
+            self._sync[key] = self.model.rank_sync_s(s, average, self.m, topo, last_bucket_waits=False) + offload
         return self._sync[key]
 
-    def bytes(self, sp: bool, schedule: Schedule, rc: Recompute, zero: int) -> float:
+    def bytes(self, sp: bool, schedule: Schedule, rc: Recompute, zero: Sharding) -> float:
         """Memory floor of the peak rank for one setting: the larger of the average rank
         (states + activations, f_min micro-batches each) and the activations alone weighted by
         1 / flights (max_r x_r >= sum_r w_r x_r for weights w_r >= 0 summing to one; with
@@ -162,7 +166,7 @@ class NodeFloors:
         t = self._totals(sp, rc)
         params, acts = t.params, t.activation_bytes
         if zero not in self._state_bytes:
-            self._state_bytes[zero] = self.model.state_bytes_per_param(replace(self.base, zero=zero))
+            self._state_bytes[zero] = self.model.state_bytes_per_param(replace(self.base, **zero.fields()))
         f_min, inverse_sum = self._flights(schedule)
         average = (params * self._state_bytes[zero] + acts * f_min) / self.pp
         return max(average, acts / inverse_sum) + self.model.reserve_bytes
@@ -176,7 +180,7 @@ class NodeFloors:
             self._flight[schedule] = (min(flights), sum(1 / f for f in flights))
         return self._flight[schedule]
 
-    def least_bytes(self, sps: Sequence[bool], schedule: Schedule, rcs: Sequence[Recompute], zeros: Sequence[int]) -> float:
+    def least_bytes(self, sps: Sequence[bool], schedule: Schedule, rcs: Sequence[Recompute], zeros: Sequence[Sharding]) -> float:
         """min of bytes() over the settings: bytes() grows with the activations and the state
         bytes per parameter (the parameters do not depend on sp or rc), so it is its value at
         the least of each."""
@@ -184,7 +188,7 @@ class NodeFloors:
         params = self._totals(sps[0], rcs[0]).params
         for z in zeros:
             if z not in self._state_bytes:
-                self._state_bytes[z] = self.model.state_bytes_per_param(replace(self.base, zero=z))
+                self._state_bytes[z] = self.model.state_bytes_per_param(replace(self.base, **z.fields()))
         spp = min(self._state_bytes[z] for z in zeros)
         f_min, inverse_sum = self._flights(schedule)
         return max((params * spp + acts * f_min) / self.pp, acts / inverse_sum) + self.model.reserve_bytes

@@ -24,6 +24,7 @@ _PART_NAMES = {
     "pp_comm": "pipeline sends",
     "bubble": "the pipeline bubble",
     "dp_comm": "gradient/parameter synchronisation",
+    "offload": "host-device copies (offload)",
     "optimizer": "the optimizer step",
     "data": "data loading",
 }
@@ -47,7 +48,12 @@ def winner(e: Estimate, model, cluster: Cluster, index: int, best: Estimate) -> 
     if index > 0:
         parts.append(f"{e.step_time_s / best.step_time_s:.3g}x the step time of plan 1.")
     one = _single_replica_memory(model)
-    if s.devices == 1:
+    if s.devices == 1 and s.offload:
+        parts.append(f"One device with host offload: one replica needs {_gb(one)} > {_gb(cap)}, so its parameters, "
+                     f"gradients and optimizer states live in host memory (ZeRO-Offload / FSDP2 CPUOffloadPolicy), the "
+                     f"optimizer steps on the host ({_s(e.time_breakdown_s['optimizer'])}) and each block is copied in "
+                     f"for its forward and backward ({_s(e.time_breakdown_s['offload'])} exposed).")
+    elif s.devices == 1:
         parts.append(f"No parallelism: the model, its optimizer state and activations fit one device "
                      f"({_gb(e.memory_per_device_bytes)} of {_gb(cap)}), and no split pays for its communication.")
     elif s.threads > 1 and s.dp == 1:
@@ -83,6 +89,9 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
                 3: "parameters, gradients and optimizer states sharded (ZeRO-3/FSDP)"}[s.zero]
         fits = f"one replica fits a device ({_gb(one)} of {_gb(cap)})" if one <= cap else f"one replica needs {_gb(one)} > {_gb(cap)}"
         sync = "gradients all-reduced" if s.zero == 0 else "gradients reduce-scattered, parameters all-gathered"
+        if s.dp_shard is not None:
+            kind += f" inside groups of {s.dp_shard} ranks (HSDP: one node each, {s.dp // s.dp_shard} replicas)"
+            sync += f", the shards' gradients all-reduced across the {s.dp // s.dp_shard} replicas"
         words.append(f"Data parallelism over {s.dp} workers: {fits}, so the batch is split by samples; model states {kind}; "
                      f"{sync} synchronously ({_s(e.time_breakdown_s['dp_comm'])} exposed).")
     else:
@@ -97,7 +106,11 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
             words.append(f"Pipeline pp={s.pp} splits the layers horizontally ({sched}, micro-batch {s.microbatch}); "
                          f"bubble {_s(e.time_breakdown_s['bubble'])}.")
         if s.dp > 1:
-            words.append(f"Data parallel dp={s.dp} over the rest" + (f" with ZeRO-{s.zero}." if s.zero else "."))
+            hsdp = f" (HSDP: shards of {s.dp_shard})" if s.dp_shard else ""
+            words.append(f"Data parallel dp={s.dp} over the rest" + (f" with ZeRO-{s.zero}{hsdp}." if s.zero else "."))
+    if s.offload and s.devices > 1:
+        words.append(f"Host offload keeps every state shard in host memory; the optimizer steps on the host "
+                     f"({_s(e.time_breakdown_s['optimizer'])}), copies expose {_s(e.time_breakdown_s['offload'])}.")
     if s.recompute is not Recompute.NONE:
         words.append(f"Recompute {s.recompute.value} trades {_s(e.time_breakdown_s['recompute'])} for activation memory.")
     if s.devices < cluster.devices:
@@ -165,6 +178,8 @@ _REPRESENTATIVE = {
     "data parallel (DDP)": Strategy(dp=2),
     "sharded data parallel (ZeRO-1/2)": Strategy(dp=2, zero=1),
     "fully sharded data parallel (ZeRO-3/FSDP)": Strategy(dp=2, zero=3),
+    "hybrid sharded data parallel (HSDP)": Strategy(dp=4, zero=3, dp_shard=2),
+    "host offload (ZeRO-Offload)": Strategy(zero=3, offload=True),
     "asynchronous data parallel (local SGD)": Strategy(dp=2, sync=Sync.ASYNC, sync_every=4),
     "data parallel by features": Strategy(dp=2, data_partition=DataPartition.FEATURES),
     "independent subnetworks": Strategy(dp=2, subnet=True, sync_every=4),
@@ -212,6 +227,11 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
         problem = plan_problem(rep, facts, model.work.global_batch, model.work.precision, None)
         if problem is None and rep.threads > 1 and not cluster.device.shared_memory:
             problem = f"{cluster.device.name} devices do not share memory"
+        if problem is None and rep.offload and cluster.device.shared_memory:
+            problem = f"{cluster.device.name} devices share the host's memory: there is nothing to offload to"
+        if problem is None and rep.dp_shard and cluster.nodes == 1:
+            problem = (f"one node: HSDP shards inside a node and replicates across nodes, so on {cluster.devices} devices "
+                       f"of one node it is ZeRO-2/3 over them")
         if problem is None and rep.devices > cluster.devices:
             problem = f"needs {rep.devices} devices, the cluster has {cluster.devices}"
         out.append(Rejected(fam, None, f"not applicable: {problem or 'pruned: cannot beat the plans found'}"))

@@ -12,6 +12,8 @@ FAMILIES = (
     "data parallel (DDP)",
     "sharded data parallel (ZeRO-1/2)",
     "fully sharded data parallel (ZeRO-3/FSDP)",
+    "hybrid sharded data parallel (HSDP)",
+    "host offload (ZeRO-Offload)",
     "asynchronous data parallel (local SGD)",
     "data parallel by features",
     "independent subnetworks",
@@ -22,6 +24,8 @@ FAMILIES = (
 
 
 def family_of(s: Strategy) -> str:
+    if s.offload:
+        return "host offload (ZeRO-Offload)"
     if s.devices == 1:
         return "single device"
     if s.data_partition is DataPartition.FEATURES:
@@ -35,6 +39,8 @@ def family_of(s: Strategy) -> str:
     if s.tp == 1 and s.pp == 1:
         if s.zero == 0:
             return "data parallel (DDP)"
+        if s.dp_shard is not None:
+            return "hybrid sharded data parallel (HSDP)"
         return "sharded data parallel (ZeRO-1/2)" if s.zero < 3 else "fully sharded data parallel (ZeRO-3/FSDP)"
     if s.dp == 1 and s.pp == 1:
         return "tensor parallel"

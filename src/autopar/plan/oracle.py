@@ -3,7 +3,7 @@
 The reference the planner's branch and bound is checked against
 (tests/test_planner_oracle.py, benchmarks/plan_oracle.py). No floors, no ordering: each
 structure, micro-batch size, (schedule, chunks), sequence parallel, recompute mode, ZeRO
-stage and averaging period the space modules list is estimated.
+stage (with HSDP and offload variants) and averaging period the space modules list is estimated.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from autopar.plan.space import SearchContext, structures
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.recipe import Recipe
-from autopar.techniques.data.space import zero_stages
+from autopar.techniques.data.space import pinned_shardings, shardings
 from autopar.techniques.local_sgd.space import sync_periods
 from autopar.techniques.microbatch.space import microbatches
 from autopar.techniques.recompute.space import recomputes
@@ -48,7 +48,7 @@ def brute_force(recipe: Recipe, cluster: Cluster, *, fix: Optional[dict] = None,
             for sched, v in _pinned_schedules(search, c, m):
                 for sp in sequence_parallel(ctx, c):
                     for rc in recomputes(ctx):
-                        for zero in zero_stages(c):
+                        for zero in pinned_shardings(shardings(ctx, c), fixed):
                             for period in sync_periods(c):
                                 e = search.consider(_setting(c, b, m, sched, v, sp, rc, zero, period))
                                 if e is not None and e.fits:

@@ -38,7 +38,7 @@ from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 from autopar.techniques import plan_problem
-from autopar.techniques.data.space import zero_stages
+from autopar.techniques.data.space import Sharding, pinned_shardings, shardings
 from autopar.techniques.local_sgd.space import sync_periods
 from autopar.techniques.microbatch.space import microbatches
 from autopar.techniques.pipeline.space import schedules
@@ -172,7 +172,7 @@ def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Str
     ctx = search.ctx
     sps = search.pinned("sequence_parallel", sequence_parallel(ctx, c))
     rcs = search.pinned("recompute", recomputes(ctx))
-    zeros = search.pinned("zero", zero_stages(c))
+    zeros = pinned_shardings(shardings(ctx, c), search.fixed)
     periods = search.pinned("sync_every", sync_periods(c))
     local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
     sizes = microbatches(ctx, c)
@@ -238,10 +238,10 @@ def _expand(search: _Search, n: _Node) -> None:
                         search.consider(_setting(c, n.b, f.m, sched, v, sp, rc, zero, period))
 
 
-def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Recompute, zero: int, period: int) -> Strategy:
-    return Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], zero=zero, microbatch=b if m > 1 else None, schedule=sched, virtual_stages=v,
-                    recompute=rc, sequence_parallel=sp, data_partition=c["data_partition"], sync=c["sync"], sync_every=period,
-                    subnet=c["subnet"], threads=c["threads"])
+def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Recompute, zero: Sharding, period: int) -> Strategy:
+    return Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), microbatch=b if m > 1 else None, schedule=sched,
+                    virtual_stages=v, recompute=rc, sequence_parallel=sp, data_partition=c["data_partition"], sync=c["sync"],
+                    sync_every=period, subnet=c["subnet"], threads=c["threads"])
 
 
 def _note_leanest(search: _Search, n: _Node) -> None:

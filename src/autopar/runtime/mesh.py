@@ -2,9 +2,10 @@
 
 Tensor parallelism is innermost so its ranks are neighbours (one node), pipeline
 stages outermost, as in torchtitan and Megatron-LM. The data-parallel degree sits
-in `dp_shard` (FSDP/DDP over it), except for zero=0 with tensor or pipeline
-parallelism, which FSDP2 runs as HSDP with every dp rank a replica (`dp_replicate`,
-shard size 1) because DDP cannot be used there (see sharding.py).
+in `dp_shard` (FSDP/DDP over it), except for HSDP (`dp_shard=K`: K ranks shard,
+dp / K replicas in `dp_replicate`) and for zero=0 with tensor or pipeline
+parallelism, which FSDP2 runs as HSDP with every dp rank a replica (shard size 1)
+because DDP cannot be used there (techniques/data/apply.py).
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ class ParallelDims:
     pp: int
     dp: int
     tp: int
-    dp_as_replicas: bool  # dp realised by HSDP replicas (zero=0 with tensor or pipeline parallel)
+    replicas: int = 1  # HSDP replicas: dp / dp_shard, or dp for zero=0 with tensor or pipeline parallel
 
     @classmethod
     def from_strategy(cls, strategy: Strategy) -> "ParallelDims":
-        replicas = strategy.zero == 0 and strategy.dp > 1 and (strategy.tp > 1 or strategy.pp > 1)
-        return cls(strategy.pp, strategy.dp, strategy.tp, replicas)
+        s = strategy
+        replicas = s.dp if s.zero == 0 and s.dp > 1 and (s.tp > 1 or s.pp > 1) else s.dp // s.shard_size
+        return cls(s.pp, s.dp, s.tp, replicas)
+
+    @property
+    def dp_as_replicas(self) -> bool:
+        """dp realised (partly) by HSDP replicas: FSDP2 on the 2-D (replicate, shard) mesh."""
+        return self.replicas > 1
 
     @property
     def world(self) -> int:
@@ -39,8 +46,7 @@ class ParallelDims:
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        replicate = self.dp if self.dp_as_replicas else 1
-        return (self.pp, replicate, self.dp // replicate, self.tp)
+        return (self.pp, self.replicas, self.dp // self.replicas, self.tp)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Parallelized:
     optimizer: Optional[torch.optim.Optimizer] = None
     schedule: Optional[Any] = None  # a torch.distributed.pipelining schedule
     pipe: Optional[Any] = None  # a traced torch.distributed.pipelining Pipe (graph-split models)
+    offload_policy: Optional[Any] = None  # FSDP2 OffloadPolicy (techniques/offload/apply.py), passed to fully_shard
     loss_parallel: bool = False  # the loss must run under loss_parallel() (vocab-parallel head)
     feature_slice: Optional[Any] = None  # techniques.features.apply.FeatureSlice
     param_offsets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # plain local tensors cut from a full one

@@ -157,7 +157,7 @@ class StandardTrainer:
         total = torch.zeros((), device=self.ctx.device, dtype=torch.float64)
         for i in range(self.n_micro):
             mb_inputs, mb_target = micro(inputs, i, self.n_micro), micro_target(target, i, self.n_micro)
-            with sync_unless(i == self.n_micro - 1, self.n_micro, self.par.grad_sync, model):
+            with sync_unless(i == self.n_micro - 1, self.n_micro, self.par.grad_sync, model, every=self.s.zero == 3):
                 with self.precision.autocast(self.par.grad_sync is GradSync.FSDP):
                     loss = self.loss_fn(model(*mb_inputs), mb_target)
                 scaled = loss / self.n_micro if self.n_micro > 1 else loss

@@ -68,6 +68,8 @@ class Cluster:
     name: str = "custom"
     source: str = ""
     node_memory_bandwidth_Bps: float = 0.0  # shared-memory nodes: bandwidth all devices of a node share
+    host_link_Bps: float = 25 * GB  # host <-> one device (PCIe), one direction: inputs, offloaded states
+    host_memory_bandwidth_Bps: float = 200 * GB  # the host memory of one node (offloaded optimizer steps)
 
     @property
     def node_bandwidth_Bps(self) -> float:
@@ -123,6 +125,8 @@ class ClusterSpec(_Spec):
     inter_node: Optional[LinkSpec] = None
     host_memory_GB: Optional[PositiveFloat] = None
     node_memory_bandwidth_GBps: Optional[PositiveFloat] = None
+    host_link_GBps: Optional[PositiveFloat] = None
+    host_memory_bandwidth_GBps: Optional[PositiveFloat] = None
     source: str = ""
 
 
@@ -220,6 +224,8 @@ def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
         name=spec.preset or (dev.name if isinstance(device, str) else "custom"),
         source=spec.source or base.get("source", ""),
         node_memory_bandwidth_Bps=node_bw * GB,
+        host_link_Bps=(spec.host_link_GBps or base.get("host_link_GBps") or 25.0) * GB,
+        host_memory_bandwidth_Bps=(spec.host_memory_bandwidth_GBps or base.get("host_memory_bandwidth_GBps") or 200.0) * GB,
     )
 
 
@@ -246,6 +252,8 @@ def cluster_to_yaml_dict(cluster: Cluster) -> dict[str, Any]:
         "inter_node": _link_dict(cluster.inter_node),
         "host_memory_GB": round(cluster.host_memory_bytes / GB, 3),
         **({"node_memory_bandwidth_GBps": round(cluster.node_memory_bandwidth_Bps / GB, 3)} if cluster.node_memory_bandwidth_Bps else {}),
+        "host_link_GBps": round(cluster.host_link_Bps / GB, 3),
+        "host_memory_bandwidth_GBps": round(cluster.host_memory_bandwidth_Bps / GB, 3),
         "source": cluster.source,
     }
 

@@ -26,6 +26,8 @@ class Strategy:
     tp: int = 1
     pp: int = 1
     zero: int = 0  # ZeRO stage over the dp group: 1 optimizer states, 2 + gradients, 3 + parameters (FSDP)
+    dp_shard: Optional[int] = None  # HSDP: ZeRO shards over groups of this many dp ranks, replicated dp / dp_shard times; None: all dp
+    offload: bool = False  # ZeRO-3 with parameters, gradients and optimizer states in host memory (FSDP2 CPUOffloadPolicy)
     microbatch: Optional[int] = None  # samples per micro-batch; None: the whole per-replica batch
     schedule: Schedule = Schedule.ONE_F_ONE_B
     virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
@@ -38,7 +40,16 @@ class Strategy:
     subnet: bool = False  # independent subnetwork training over the dp workers
     threads: int = 1
 
+    def __post_init__(self):
+        if self.dp_shard is not None and self.dp_shard == self.dp:  # sharding over every dp rank is plain ZeRO
+            object.__setattr__(self, "dp_shard", None)
+
     # ------------------------------------------------------------ derived
+
+    @property
+    def shard_size(self) -> int:
+        """dp ranks ZeRO shards over (the rest replicate)."""
+        return self.dp_shard or self.dp
 
     @property
     def devices(self) -> int:
@@ -108,8 +119,8 @@ _ENUMS = {
     "data_partition": DataPartition,
     "sync": Sync,
 }
-_BOOLS = ("sequence_parallel", "subnet")
-_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
+_BOOLS = ("sequence_parallel", "subnet", "offload")
+_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "dp_shard": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
 _NAMES = [f.name for f in fields(Strategy)]
 
 
@@ -190,7 +201,7 @@ def _parse_value(key: str, value: Any, field_path: str) -> Any:
         if any(s <= 0 for s in stages):
             raise InputError(where, value, "every stage needs at least one layer")
         return stages
-    if value is None and key == "microbatch":
+    if value is None and key in ("microbatch", "dp_shard"):
         return None
     try:
         number = _ascii_int(value)

@@ -10,7 +10,8 @@ Their rules are checked in the same order; the launch (runtime) or the cluster
   pipeline     pp, schedule, virtual_stages, stages      torch.distributed.pipelining
   tensor       tp, sequence_parallel                     DTensor parallelize_module
   recompute    recompute                                 checkpoint_wrapper (non-reentrant)
-  data         dp, zero                                  DDP, FSDP2 fully_shard, ZeroRedundancyOptimizer
+  offload      offload                                   FSDP2 CPUOffloadPolicy (passed to data's fully_shard)
+  data         dp, zero, dp_shard                        DDP, FSDP2 fully_shard (HSDP on a 2-D mesh), ZeroRedundancyOptimizer
   microbatch   microbatch                                gradient accumulation (no_sync)
   features     data_partition                            autograd all-reduce of partial products
   local_sgd    sync, sync_every                          model_averaging.average_parameters
@@ -33,11 +34,11 @@ from autopar.profile.facts import ModelFacts
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision
 from autopar.spec.strategy import Strategy
-from autopar.techniques import data, features, local_sgd, microbatch, pipeline, recompute, subnet, tensor, threads
+from autopar.techniques import data, features, local_sgd, microbatch, offload, pipeline, recompute, subnet, tensor, threads
 from autopar.techniques.base import Dimension, Predicate, RuleInput, Technique
 
 TECHNIQUES: tuple[Technique, ...] = tuple(
-    m.TECHNIQUE for m in (pipeline, tensor, recompute, data, microbatch, features, local_sgd, subnet, threads)
+    m.TECHNIQUE for m in (pipeline, tensor, recompute, offload, data, microbatch, features, local_sgd, subnet, threads)
 )
 
 
@@ -71,7 +72,7 @@ def check_cluster(s: Strategy, cluster: Cluster) -> Optional[str]:
         return f"dp({s.dp}) * tp({s.tp}) * pp({s.pp}) * threads({s.threads}) = {s.devices} > devices({cluster.devices})"
     if s.threads > 1 and not cluster.device.shared_memory:
         return f"threads({s.threads}) > 1 needs devices that share memory (CPU cores); {cluster.device.name} does not"
-    return None
+    return offload.rules.check_offload_cluster(s, cluster.device.shared_memory, cluster.device.name)
 
 
 def check_precision(s: Strategy, precision: Optional[Precision]) -> Optional[str]:

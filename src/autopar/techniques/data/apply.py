@@ -17,6 +17,12 @@ always FSDP2 over the dp mesh dimension: zero=0 as HSDP with dp replicas and sha
 size 1 (plain replication, gradients all-reduced), zero=1 and 2 as zero=2 above,
 zero=3 as above.
 
+  dp_shard=K  HSDP: fully_shard on the 2-D (dp_replicate, dp_shard) mesh; states
+              sharded over K ranks (one node), gradients reduce-scattered inside the
+              shard group and all-reduced across the dp / K replicas.
+  offload     zero=3 with FSDP2's CPUOffloadPolicy (techniques/offload): also for one
+              replica, on a 1-rank mesh.
+
 fully_shard wraps each block of the model's stack (ModelFacts.blocks; one all-gather
 per block, overlapped with the previous block's compute) and then the chunk's root
 (embeddings, head).
@@ -28,8 +34,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -46,9 +52,11 @@ BUCKET_CAP_MB = 25  # PyTorch's default; the size Li et al. (VLDB 2020) found be
 
 def grad_sync(s: Strategy) -> GradSync:
     """Who synchronises gradients: nobody for one replica, local SGD, IST or a feature partition."""
+    if s.offload:
+        return GradSync.FSDP
     if s.dp == 1 or s.is_async or s.subnet or s.data_partition is DataPartition.FEATURES:
         return GradSync.NONE
-    return GradSync.FSDP if uses_fsdp(s.zero, s.tp, s.pp, s.dp) else GradSync.DDP
+    return GradSync.FSDP if uses_fsdp(s) else GradSync.DDP
 
 
 def apply(par: Parallelized) -> None:
@@ -58,9 +66,14 @@ def apply(par: Parallelized) -> None:
     if par.grad_sync is not GradSync.NONE and par.facts.batch_norms:
         par.applied.append(sync_batch_norm(par, dp_group(ctx.mesh, ctx.dims)))
     if par.grad_sync is GradSync.FSDP:
+        mesh = dp_mesh(ctx.mesh, ctx.dims) if ctx.mesh is not None else init_device_mesh(ctx.device.type, (1,), mesh_dim_names=("dp_shard",))
         for chunk in par.chunks:
-            apply_fsdp(chunk.module, dp_mesh(ctx.mesh, ctx.dims), s.zero, par.precision.fsdp_policy(), par.facts.blocks)
-        kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp(zero{3 if s.zero == 3 else 2})"
+            apply_fsdp(chunk.module, mesh, s.zero, par.precision.fsdp_policy(), par.facts.blocks, par.offload_policy)
+        stage = f"zero{3 if s.zero == 3 else 2}"
+        if s.dp_shard is not None:
+            kind = f"hsdp({stage}, shard={s.dp_shard}, replicas={ctx.dims.replicas})"
+        else:
+            kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp({stage})"
         par.applied.append(f"{kind}(dp={s.dp})")
         par.materialize()
     elif par.grad_sync is GradSync.DDP:
@@ -91,19 +104,21 @@ def apply_ddp(module: nn.Module, group, device: torch.device, bucket_cap_mb: int
     return DDP(module, device_ids=device_ids, process_group=group, bucket_cap_mb=bucket_cap_mb, forward_sync_buffers=False)
 
 
-def uses_fsdp(zero: int, tp: int, pp: int, dp: int) -> bool:
+def uses_fsdp(s: Strategy) -> bool:
     """Whether data parallelism is realised with FSDP2 (else DDP)."""
-    return dp > 1 and (zero >= 2 or tp > 1 or pp > 1)
+    return s.offload or s.dp > 1 and (s.zero >= 2 or s.tp > 1 or s.pp > 1)
 
 
 def apply_fsdp(module: nn.Module, mesh: DeviceMesh, zero: int, mp_policy: Optional[MixedPrecisionPolicy],
-               blocks: Optional[Sequence[str]] = None) -> nn.Module:
+               blocks: Optional[Sequence[str]] = None, offload_policy: Optional[OffloadPolicy] = None) -> nn.Module:
     """fully_shard each of `blocks` this module holds (default: the blocks of the stacks
     profile/structure.py finds), then the root; in place (FSDP2 swaps the class)."""
     reshard = zero == 3
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard}
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
+    if offload_policy is not None:
+        kwargs["offload_policy"] = offload_policy
     held = dict(module.named_modules())
     for name in stack_blocks(module) if blocks is None else blocks:
         if name in held:

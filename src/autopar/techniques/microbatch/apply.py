@@ -23,9 +23,11 @@ def micro_target(target: Optional[torch.Tensor], i: int, n: int) -> Optional[tor
     return target if target is None or n == 1 else target.chunk(n)[i]
 
 
-def sync_unless(last: bool, n: int, grad_sync: GradSync, model: nn.Module) -> contextlib.AbstractContextManager:
-    """Skip the data-parallel gradient sync on every micro-batch but the last."""
-    if n == 1:
+def sync_unless(last: bool, n: int, grad_sync: GradSync, model: nn.Module, every: bool = False) -> contextlib.AbstractContextManager:
+    """Skip the data-parallel gradient sync on every micro-batch but the last; `every`
+    (ZeRO-3, offload) reduce-scatters each micro-batch's gradients into the shards, so no
+    unsharded gradient accumulates on the device (what cost/model.py prices for ZeRO-3)."""
+    if n == 1 or every:
         return contextlib.nullcontext()
     if grad_sync is GradSync.DDP and not last:
         return model.no_sync()
