@@ -31,7 +31,7 @@ from autopar.cost.layers import LayerTable, layer_costs
 from autopar.profile.profiler import profile_recipe
 from autopar.profile.types import ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
-from autopar.spec.enums import DataPartition, Recompute, Sync
+from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 from autopar.techniques import check_strategy
@@ -133,7 +133,8 @@ class CostModel:
     def _evaluate(self, s: Strategy, table: LayerTable, counts, m: int, topo: Topology, rate: DeviceRate) -> Estimate:
         rs = self.ranks(s, table, counts, topo)
         slow = rs.slow
-        pipe_s, bubble_s = pipeline_cost.schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages, rs.chunk_max_s)
+        keep = pipeline_cost.zero_bubble_keep(slow.compute_s - slow.backward_s, slow.backward_s) if s.schedule is Schedule.ZERO_BUBBLE else 1.0
+        pipe_s, bubble_s = pipeline_cost.schedule_time_s(slow.time_s, rs.time_sum, s.pp, m, s.virtual_stages, rs.chunk_max_s, keep)
         time = {
             "compute": m * slow.compute_s,
             "recompute": m * slow.recompute_s,

@@ -16,6 +16,10 @@ least the smallest boundary tensor's send. Then
     t_max >= (T + X) / pp                                  the slowest rank >= the average
     1F1B, GPipe: (m - 1) t_max + t_sum >= (T + X)(m - 1 + pp) / pp        (t_sum >= T + X)
     interleaved: m t_max + (pp - 1) max(t_max / v, chunk) >= (T + X)(m + (pp - 1) / v) / pp
+    zero bubble: the same bubbles times k, the slowest rank's forward share of its compute,
+               k >= kappa = min over layers of forward / (forward + backward) (a ratio of
+               sums is at least the least ratio); with one chunk
+               m t_max + k (t_sum - t_max) = (m - k) t_max + k t_sum >= (m - kappa) t_max + kappa (T + X)
     optimizer >= its value for the average rank's parameters (it is linear in them; with
                offload, the host step, also linear)
     offload >= the average rank's exposed PCIe copies (convex, as dp_comm)
@@ -65,6 +69,7 @@ class _Totals:
     unit_max_s: float  # the slowest and fastest block unit (a block and the layers riding on it)
     unit_min_s: float
     average: Rank  # the average pipeline rank, for the synchronisation floor
+    kappa: float  # least forward share of a layer's compute (zero-bubble floors)
 
 
 class NodeFloors:
@@ -106,8 +111,9 @@ class NodeFloors:
                            tp_s=(rs("tp_forward_s", 0, n) + rs("tp_backward_s", 0, n)) / pp, p2p_s=0.0,
                            backward_s=rs("backward_s", 0, n) / pp, params=rs("params", 0, n) / pp,
                            activation_bytes=rs("activation_bytes", 0, n) / pp, working_bytes=0.0, boundary_bytes=0.0)
+            shares = [x.forward_s / (x.forward_s + x.backward_s) for x in table.costs if x.forward_s + x.backward_s > 0]
             self._sums[key] = _Totals(table.time[-1] - recompute, recompute, p2p, rs("params", 0, n),
-                                      rs("activation_bytes", 0, n), unit_max, unit_min, average)
+                                      rs("activation_bytes", 0, n), unit_max, unit_min, average, min(shares, default=1.0))
         return self._sums[key]
 
     def pipe_s(self, sp: bool, schedule: Schedule, v: int, rc: Recompute = Recompute.NONE) -> float:
@@ -119,9 +125,10 @@ class NodeFloors:
             return self.m * T
         total = T + 2 * (self.pp * v - 1) * t.p2p_min_s
         t_max = max(total / self.pp, unit_max)  # a rank holds the largest block unit
-        if schedule is Schedule.INTERLEAVED:
-            return self.m * t_max + (self.pp - 1) * max(t_max / v, unit_max)
-        return (self.m - 1) * t_max + total
+        k = t.kappa if schedule is Schedule.ZERO_BUBBLE else 1.0
+        if v > 1:
+            return self.m * t_max + k * (self.pp - 1) * max(t_max / v, unit_max)
+        return (self.m - k) * t_max + k * total
 
     def per_sample_pipe_s(self, sp: bool) -> float:
         """m T / pp: the compute of the samples a rank must process, nothing else."""
@@ -129,11 +136,12 @@ class NodeFloors:
 
     def any_pipe_s(self, sp: bool) -> float:
         """Floor of pipe_s over every schedule and chunk count: m max(T / pp, U) plus, over the
-        other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each."""
+        other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each (zero
+        bubble: kappa of one)."""
         t = self._totals(sp, Recompute.NONE)
         if self.pp == 1:
             return self.m * t.compute_s
-        return self.m * max(t.compute_s / self.pp, t.unit_max_s) + (self.pp - 1) * t.unit_min_s
+        return self.m * max(t.compute_s / self.pp, t.unit_max_s) + t.kappa * (self.pp - 1) * t.unit_min_s
 
     def rest_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """Floor of synchronisation + offload copies + optimizer step for one (sp, recompute, sharding)."""

@@ -31,6 +31,7 @@ class Schedule(str, Enum):
     GPIPE = "gpipe"
     ONE_F_ONE_B = "1f1b"
     INTERLEAVED = "interleaved"
+    ZERO_BUBBLE = "zero_bubble"  # interleaved zero bubble (Qi et al. 2023): backward split into input and weight gradients
 
 
 class Recompute(str, Enum):

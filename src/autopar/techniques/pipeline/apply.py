@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.fx as fx
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B, SplitPoint, pipeline
+from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble
 from torch.distributed.tensor import DTensor, Replicate
 
 from autopar.errors import InputError
@@ -298,4 +299,6 @@ def apply_pipeline_schedule(chunks: list[Chunk], strategy: Strategy, n_microbatc
         return ScheduleGPipe(stages[0], n_microbatches, loss_fn=loss_fn)
     if strategy.schedule is Schedule.ONE_F_ONE_B:
         return Schedule1F1B(stages[0], n_microbatches, loss_fn=loss_fn)
+    if strategy.schedule is Schedule.ZERO_BUBBLE:
+        return ScheduleInterleavedZeroBubble(stages, n_microbatches, loss_fn=loss_fn)
     return ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn)

@@ -216,10 +216,12 @@ def stage_max_time(times: Sequence[float], counts: Sequence[int]) -> float:
     return worst
 
 
-def schedule_time_s(t_max: float, t_sum: float, p: int, m: int, virtual: int, chunk_max: float = 0.0) -> tuple[float, float]:
+def schedule_time_s(t_max: float, t_sum: float, p: int, m: int, virtual: int, chunk_max: float = 0.0,
+                    keep: float = 1.0) -> tuple[float, float]:
     """(total, bubble) seconds for m micro-batches over p pipeline ranks, where t_max is the
     slowest rank's forward + backward of one micro-batch (all its chunks), t_sum the sum
-    over ranks and chunk_max the slowest single chunk (interleaved schedules)."""
+    over ranks and chunk_max the slowest single chunk (interleaved schedules). `keep` is
+    the share of the bubble a zero-bubble schedule leaves (zero_bubble_keep)."""
     if p == 1:
         return m * t_max, 0.0
     if virtual > 1:
@@ -227,7 +229,17 @@ def schedule_time_s(t_max: float, t_sum: float, p: int, m: int, virtual: int, ch
         bubble = (p - 1) * max(t_max / virtual, chunk_max)
     else:
         bubble = t_sum - t_max  # (m - 1) t_max + sum_i t_i: (p - 1) t when balanced
-    return m * t_max + bubble, bubble
+    return m * t_max + keep * bubble, keep * bubble
+
+
+def zero_bubble_keep(forward_s: float, backward_s: float) -> float:
+    """Share of the 1F1B (or interleaved) bubble a zero-bubble schedule keeps. Qi et al. 2023
+    (Sec. 3, ZB-H1): splitting backward into B (input gradient) and W (weight gradient) and
+    filling the warm-up and cool-down with W leaves (p - 1)(T_F + T_B - T_W) of the 1F1B
+    bubble (p - 1)(T_F + T_B + T_W). B and W are the two GEMMs of each Linear's backward,
+    equal in FLOPs (T_B = T_W = backward / 2), so the bubble keeps T_F / (T_F + backward)."""
+    total = forward_s + backward_s
+    return forward_s / total if total > 0 else 1.0
 
 
 def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virtual: int) -> float:
@@ -241,8 +253,8 @@ def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virt
         return 1.0
     if schedule is Schedule.GPIPE:
         return float(m)
-    base = float(min(pp - stage, m))
-    if schedule is Schedule.INTERLEAVED and virtual > 1:
+    base = float(min(pp - stage, m))  # zero bubble: ZB-H1's peak equals 1F1B's (Qi et al. 2023, Table 2)
+    if schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and virtual > 1:
         return min(float(m), base * (1 + (pp - 1) / (pp * virtual))) if stage == 0 else base
     return base
 

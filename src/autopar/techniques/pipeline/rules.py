@@ -19,6 +19,9 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     if s.tp > 1 and r.facts.pipeline_split == "graph":
         return (f"tp({s.tp}) with pp({s.pp}): {r.facts.name} is cut by tracing (its forward is not a chain of its blocks), "
                 "which turns modules into interpreted graphs that tensor parallelism cannot split; use tp or pp")
+    if r.facts.pipeline_split == "graph" and s.schedule is Schedule.ZERO_BUBBLE:
+        return (f"schedule=zero_bubble: {r.facts.name} is cut by tracing, and its interpreted stages are not run "
+                "with the input/weight backward split here; use gpipe or 1f1b")
     if r.facts.pipeline_split == "graph" and s.virtual_stages > 1:
         return (f"virtual_stages({s.virtual_stages}): {r.facts.name} is cut by tracing, and an interleaved schedule's "
                 "stages would pass its activations between non-adjacent stages; use gpipe or 1f1b")
@@ -29,8 +32,8 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     n_stages = s.pp * s.virtual_stages
     if n_stages > r.facts.layers:
         return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages > layers({r.facts.layers})"
-    if s.virtual_stages > 1 and s.schedule is not Schedule.INTERLEAVED:
-        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved (got {s.schedule.value})"
+    if s.virtual_stages > 1 and s.schedule not in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE):
+        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved or zero_bubble (got {s.schedule.value})"
     if s.stages is not None and (len(s.stages) != n_stages or sum(s.stages) != r.facts.layers):
         return (
             f"stages {'/'.join(map(str, s.stages))}: {len(s.stages)} stages holding {sum(s.stages)} layers; "
@@ -49,12 +52,18 @@ def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
     if s.schedule is Schedule.ONE_F_ONE_B and n < s.pp:
         return f"schedule 1f1b needs num_microbatches({n}) >= pp({s.pp}); lower microbatch or use gpipe"
     rounds = max(1, n // s.pp)
-    if s.schedule is Schedule.INTERLEAVED and n % rounds:
-        return f"schedule interleaved needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
+    if s.schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and n % rounds:
+        return f"schedule {s.schedule.value} needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
+    if s.schedule is Schedule.ZERO_BUBBLE and s.zero == 3 and s.dp > 1:
+        return ("schedule=zero_bubble with zero=3: torch 2.13's ScheduleInterleavedZeroBubble deadlocks with FSDP2 "
+                "resharding after forward (measured on gloo, 4 ranks); use zero=2 or schedule=interleaved")
     return None
 
 
 def check_priced_schedule(s: Strategy, r: RuleInput) -> Optional[str]:
+    if s.schedule is Schedule.ZERO_BUBBLE and s.pp > 1 and s.virtual_stages > 1 and s.num_microbatches(r.global_batch) % s.pp:
+        m = s.num_microbatches(r.global_batch)
+        return f"zero_bubble with virtual_stages > 1: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
     if s.schedule is not Schedule.INTERLEAVED or s.pp == 1:
         return None
     m = s.num_microbatches(r.global_batch)

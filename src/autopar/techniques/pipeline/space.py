@@ -13,14 +13,22 @@ def pp_values(ctx, c: Partial) -> list[int]:
 
 
 def schedules(ctx, c: Partial, m: int) -> list[tuple[Schedule, int]]:
-    """Every (schedule, chunks per rank) the rules allow for m micro-batches: 1F1B, GPipe, and
-    interleaved with every v >= 2 that leaves each chunk a block (pp * v <= blocks) when pp
+    """Every (schedule, chunks per rank) the rules allow for m micro-batches: 1F1B, GPipe,
+    zero bubble with one chunk (ZB-H1, Qi et al. 2023), and interleaved 1F1B and interleaved
+    zero bubble with every v >= 2 that leaves each chunk a block (pp * v <= blocks) when pp
     divides m (Narayanan et al. 2021, Sec. 2.2.2)."""
     if c["pp"] == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
     out = [(Schedule.ONE_F_ONE_B, 1), (Schedule.GPIPE, 1)]
-    if m % c["pp"] == 0 and ctx.facts.pipeline_split != "graph":
-        out += [(Schedule.INTERLEAVED, v) for v in range(2, ctx.facts.layers // c["pp"] + 1)]
+    if ctx.facts.pipeline_split == "graph":
+        return out
+    rounds = max(1, m // c["pp"])
+    if m % rounds == 0:
+        out.append((Schedule.ZERO_BUBBLE, 1))
+    if m % c["pp"] == 0:
+        chunks = range(2, ctx.facts.layers // c["pp"] + 1)
+        out += [(Schedule.INTERLEAVED, v) for v in chunks]
+        out += [(Schedule.ZERO_BUBBLE, v) for v in chunks]
     return out
 
 
