@@ -160,9 +160,8 @@ class CostModel:
 
     def rank_offload_s(self, s: Strategy, r: Rank, m: int) -> float:
         """Exposed PCIe copies of one pipeline rank's shard (convex in its params and times)."""
-        gathers = 3 if s.recompute is Recompute.FULL else 2
         busy = m * (r.compute_s + r.recompute_s) * self.comm_overlap
-        return offload_cost.pcie_exposed_s(r.params / self._shard_group(s), gathers, m, busy, self.cluster.host_link_Bps)
+        return offload_cost.pcie_exposed_s(r.params / self._shard_group(s), _gathers(s), m, busy, self.cluster.host_link_Bps)
 
     def host_bytes_per_node(self, s: Strategy, params: float, topo: Topology) -> float:
         """Host memory the offloaded shards of one node's ranks take (0 without offload)."""
@@ -193,40 +192,27 @@ class CostModel:
         if s.sync is Sync.ASYNC:
             return local_sgd_cost.averaging_s(r.params * 4, topo.dp, s.sync_every, cl, eff)
         window = r.backward_s * self.comm_overlap
-        if s.dp_shard is not None:
-            return self._hsdp_sync_s(s, r, m, topo, window, last_bucket_waits)
-        link = cl.intra_node if topo.dp.nodes == 1 else cl.inter_node
-        ddp = data_cost.ddp_sync(r.params * g, topo.dp, window, cl, eff, last_bucket_waits).exposed_s * link.ddp_factor
+        hsdp = s.dp_shard is not None
+        group = topo.shard if hsdp else topo.dp  # the ranks ZeRO shards over
+        link = cl.intra_node if group.nodes == 1 else cl.inter_node
+        # HSDP: each rank's 1 / dp_shard of the gradients is all-reduced across the replicas on
+        # their own links, hiding under the backward (a convex term added to the shard group's)
+        replicate = 0.0
+        if hsdp:
+            rep_link = cl.intra_node if topo.replicate.nodes == 1 else cl.inter_node
+            replicate = max(0.0, coll.all_reduce_s(r.params * g / s.dp_shard, topo.replicate, cl, eff) * rep_link.fsdp_factor - window)
+        # DDP's traffic floors plain ZeRO; HSDP moves fewer cross-node bytes than DDP, so no floor
+        ddp = 0.0 if hsdp else data_cost.ddp_sync(r.params * g, topo.dp, window, cl, eff, last_bucket_waits).exposed_s * link.ddp_factor
         if s.zero == 0:
             return ddp
         if s.zero in (1, 2):  # ZeRO-1 runs as DDP + sharded optimizer, ZeRO-2 as FSDP2 (techniques/data/apply.py)
             factor = link.ddp_factor if s.zero == 1 else link.fsdp_factor
-            return max(ddp, data_cost.zero12_sync(r.params * g, r.params * p, topo.dp, window, cl, eff, last_bucket_waits).exposed_s * factor)
-        gathers = 3 if s.recompute is Recompute.FULL else 2
+            return max(ddp, data_cost.zero12_sync(r.params * g, r.params * p, group, window, cl, eff, last_bucket_waits).exposed_s * factor) + replicate
         o = self.comm_overlap
         forward_busy = m * (r.compute_s - r.backward_s + r.tp_s / 2) * o
         backward_busy = m * (r.backward_s + r.recompute_s + r.tp_s / 2) * o
-        return max(ddp, data_cost.zero3_sync_s(r.params * p, r.params * g, gathers, m, forward_busy, backward_busy,
-                                               1 / max(1, self.n_layers), topo.dp, cl, eff, link.fsdp_factor))
-
-    def _hsdp_sync_s(self, s: Strategy, r: Rank, m: int, topo: Topology, window: float, last_bucket_waits: bool) -> float:
-        """HSDP: ZeRO-2/3 over the shard group (one node), plus the all-reduce of each rank's
-        1 / dp_shard of the gradients across the replicas, on the inter-node links: it hides
-        under the backward on its own links (a sum of convex terms, as rank_sync_s needs)."""
-        cl, eff, (p, g, _) = self.cluster, self.eff, self.per_param
-        shard_link = cl.intra_node if topo.shard.nodes == 1 else cl.inter_node
-        rep_link = cl.intra_node if topo.replicate.nodes == 1 else cl.inter_node
-        across = coll.all_reduce_s(r.params * g / s.dp_shard, topo.replicate, cl, eff) * rep_link.fsdp_factor
-        replicate = max(0.0, across - window)
-        if s.zero == 2:
-            return data_cost.zero12_sync(r.params * g, r.params * p, topo.shard, window, cl, eff, last_bucket_waits).exposed_s \
-                * shard_link.fsdp_factor + replicate
-        gathers = 3 if s.recompute is Recompute.FULL else 2
-        o = self.comm_overlap
-        forward_busy = m * (r.compute_s - r.backward_s + r.tp_s / 2) * o
-        backward_busy = m * (r.backward_s + r.recompute_s + r.tp_s / 2) * o
-        return data_cost.zero3_sync_s(r.params * p, r.params * g, gathers, m, forward_busy, backward_busy,
-                                      1 / max(1, self.n_layers), topo.shard, cl, eff, shard_link.fsdp_factor) + replicate
+        return max(ddp, data_cost.zero3_sync_s(r.params * p, r.params * g, _gathers(s), m, forward_busy, backward_busy,
+                                               1 / max(1, self.n_layers), group, cl, eff, link.fsdp_factor)) + replicate
 
     def _loading_s(self, s: Strategy, busy_s: float) -> float:
         """Input batches: read from storage when a node's shard exceeds its host memory, then
@@ -456,6 +442,11 @@ class CostModel:
             working_bytes=max(table.max_working(a, e) for a, e in chunks),
             boundary_bytes=max(table.costs[e - 1].output_bytes for a, e in chunks) if s.pp > 1 else 0.0,
         )
+
+def _gathers(s: Strategy) -> int:
+    """ZeRO-3 all-gathers of each layer per micro-batch: forward, backward, and recomputation."""
+    return 3 if s.recompute is Recompute.FULL else 2
+
 
 def estimate(recipe: Recipe, cluster: Cluster, strategy: Strategy, profile: Optional[ModelProfile] = None) -> Estimate:
     """One-call API: profile the recipe's model (unless given) and estimate the strategy."""

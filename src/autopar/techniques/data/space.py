@@ -38,7 +38,8 @@ def shardings(ctx, c: Partial) -> list[Sharding]:
     """ZeRO stages, cheapest first, for synchronous sample-parallel replicas; then HSDP with
     the dp ranks of one node as the shard group when dp spans nodes; then ZeRO-3 with host
     offload (also for one replica: ZeRO-Offload's single-device case)."""
-    replicas = c["dp"] > 1 and c["sync"] is not Sync.ASYNC and not c["subnet"] and c["data_partition"] is DataPartition.SAMPLES
+    synchronous = c["sync"] is Sync.SYNC and not c["subnet"] and c["data_partition"] is DataPartition.SAMPLES
+    replicas = c["dp"] > 1 and synchronous
     out = [Sharding(0)]
     if replicas:
         out += [Sharding(1), Sharding(2), Sharding(3)]
@@ -46,8 +47,7 @@ def shardings(ctx, c: Partial) -> list[Sharding]:
         shard = place(c["dp"], c["threads"] * c["tp"], dpn, min(dpn, c["devices"])).per_node
         if 1 < shard < c["dp"] and c["dp"] % shard == 0:
             out += [Sharding(2, shard), Sharding(3, shard)]
-    if (replicas or c["dp"] == 1) and c["threads"] == 1 and c["sync"] is Sync.SYNC and not c["subnet"] \
-            and c["data_partition"] is DataPartition.SAMPLES and offload_allowed(ctx):
+    if synchronous and c["threads"] == 1 and offload_allowed(ctx):
         out.append(Sharding(3, None, True))
     return out
 

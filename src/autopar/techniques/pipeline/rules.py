@@ -54,21 +54,18 @@ def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
     rounds = max(1, n // s.pp)
     if s.schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and n % rounds:
         return f"schedule {s.schedule.value} needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
-    if s.schedule is Schedule.ZERO_BUBBLE and s.zero == 3 and s.dp > 1:
+    if s.schedule is Schedule.ZERO_BUBBLE and s.zero == 3 and (s.dp > 1 or s.offload):
         return ("schedule=zero_bubble with zero=3: torch 2.13's ScheduleInterleavedZeroBubble deadlocks with FSDP2 "
                 "resharding after forward (measured on gloo, 4 ranks); use zero=2 or schedule=interleaved")
     return None
 
 
 def check_priced_schedule(s: Strategy, r: RuleInput) -> Optional[str]:
-    if s.schedule is Schedule.ZERO_BUBBLE and s.pp > 1 and s.virtual_stages > 1 and s.num_microbatches(r.global_batch) % s.pp:
-        m = s.num_microbatches(r.global_batch)
-        return f"zero_bubble with virtual_stages > 1: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
-    if s.schedule is not Schedule.INTERLEAVED or s.pp == 1:
+    if s.schedule not in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) or s.pp == 1:
         return None
     m = s.num_microbatches(r.global_batch)
-    if s.virtual_stages < 2:
+    if s.schedule is Schedule.INTERLEAVED and s.virtual_stages < 2:
         return "schedule=interleaved needs virtual_stages >= 2 (with one chunk per rank it is 1f1b)"
-    if m % s.pp:  # Narayanan et al. 2021, Sec. 2.2.2: the bubble (p - 1) / v assumes m a multiple of p
-        return f"interleaved schedule: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
+    if s.virtual_stages > 1 and m % s.pp:  # Narayanan et al. 2021, Sec. 2.2.2: the bubble (p - 1) / v assumes m a multiple of p
+        return f"{s.schedule.value} schedule: micro-batches({m}) % pp({s.pp}) = {m % s.pp}; make the micro-batch count a multiple of pp"
     return None
