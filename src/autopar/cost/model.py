@@ -77,6 +77,16 @@ class Rank:
 
 
 @dataclass(frozen=True)
+class RankBytes:
+    """What one pipeline rank holds, without its times (the memory check's part of a Rank)."""
+
+    params: float
+    activation_bytes: float  # one micro-batch, all chunks of the rank
+    working_bytes: float
+    boundary_bytes: float
+
+
+@dataclass(frozen=True)
 class RankSet:
     ranks: list[Rank]
     slow: Rank  # the rank that sets the pipeline's pace
@@ -103,6 +113,7 @@ class CostModel:
         self._tables: dict[tuple, LayerTable] = {}
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
         self._ranks: dict[tuple, RankSet] = {}
+        self._held: dict[tuple, list[RankBytes]] = {}
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
@@ -146,8 +157,34 @@ class CostModel:
             "optimizer": self.optimizer_s(s, rs.max_params, rate, topo),
             "data": self._loading_s(s, pipe_s),
         }
-        host = self.host_bytes_per_node(s, rs.max_params, topo)
-        return self._assemble(s, time, self._memory(s, rs.ranks, m, table), counts, host)
+        mem, host = self._bytes(s, rs, m, table, topo)
+        return self._assemble(s, time, mem, counts, host)
+
+    def _bytes(self, s: Strategy, rs: RankSet, m: int, table: LayerTable, topo: Topology) -> tuple[dict[str, float], float]:
+        """(device memory breakdown of the peak rank, host bytes per node)."""
+        return self._memory(s, rs.ranks, m, table), self.host_bytes_per_node(s, rs.max_params, topo)
+
+    def held(self, s: Strategy) -> tuple[LayerTable, list[RankBytes]]:
+        """What each pipeline rank holds on `s`'s time-balanced layout (no times): with
+        held_bytes(), exactly the memory estimate() prices wherever it does not cut the
+        layout again under a memory cap (pp = 1, chunks > 1 or fixed stages). Read by the
+        planner to check memory before pricing; it depends on the sequence parallel,
+        recompute, micro-batch and chunk settings only."""
+        b = s.microbatch_size(self.work.global_batch)
+        topo = self.topology(s)
+        table = self.table(s, b, topo, self.rate(s, topo.used_per_node))
+        counts = self.layout(s, table)
+        key = (id(table), counts, s.pp, s.virtual_stages)
+        held = self._held.get(key)
+        if held is None:
+            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers)
+            held = self._held[key] = [self._rank_bytes(s, table, chunks) for chunks in ranges]
+        return table, held
+
+    def held_bytes(self, s: Strategy, table: LayerTable, held: Sequence[RankBytes]) -> tuple[float, float]:
+        """(device bytes of the peak rank, host bytes per node) of `s` for ranks holding `held`."""
+        mem = self._memory(s, held, s.num_microbatches(self.work.global_batch), table)
+        return mem["total"], self.host_bytes_per_node(s, max(r.params for r in held), self.topology(s))
 
     def optimizer_s(self, s: Strategy, params: float, rate: DeviceRate, topo: Topology) -> float:
         """The optimizer step of a rank holding `params` (linear in them): on the device over
@@ -225,7 +262,7 @@ class CostModel:
         copy = 0.0 if cl.device.shared_memory else per_node_step / min(cl.devices_per_node, s.devices) / cl.host_link_Bps
         return max(0.0, read + copy - busy_s)
 
-    def _memory(self, s: Strategy, ranks: list[Rank], m: int, table: LayerTable) -> dict[str, float]:
+    def _memory(self, s: Strategy, ranks: Sequence[Rank | RankBytes], m: int, table: LayerTable) -> dict[str, float]:
         """The peak over pipeline ranks of states + activations in flight + buffers + reserve."""
         per_param = self.state_bytes_per_param(s)
         flights = self._in_flight(s, m)
@@ -250,7 +287,7 @@ class CostModel:
         w = self.work
         step = sum(time.values())
         capacity = self.capacity_bytes(s)
-        host_capacity = self.cluster.host_memory_bytes * HOST_MEMORY_USABLE
+        host_capacity = self.host_capacity_bytes
         fits = mem["total"] <= capacity and host_bytes <= host_capacity
         reason = None
         if mem["total"] > capacity:
@@ -303,6 +340,11 @@ class CostModel:
     def state_bytes_per_param(self, s: Strategy) -> float:
         """Device bytes of model states per parameter (offload: none stay on the device)."""
         return 0.0 if s.offload else data_cost.model_state_bytes(1.0, self.per_param, s.zero, self._shard_group(s)).total
+
+    @property
+    def host_capacity_bytes(self) -> float:
+        """Host memory per node offloaded states may take."""
+        return self.cluster.host_memory_bytes * HOST_MEMORY_USABLE
 
     def capacity_bytes(self, s: Strategy) -> float:
         return self.cluster.device.memory_bytes * s.threads
@@ -421,24 +463,34 @@ class CostModel:
         if s.pp > 1:
             p2p = pipeline_cost.p2p_s(chunks, lambda i: table.costs[i].output_bytes, self.n_layers, s.tp, s.sequence_parallel,
                                       topo.pp_crosses_nodes, topo.used_per_node, topo.tp, self.cluster, self.eff)
-        fwd, bwd, rec, tpf, tpb, par, act = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s",
-                                                                       "tp_backward_s", "params", "activation_bytes"))
-        sums = [0.0] * 6
+        fwd, bwd, rec, tpf, tpb = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward_s"))
+        sums = [0.0] * 4
         for a, e in chunks:  # one pass over the chunks, prefix-sum differences
             sums[0] += fwd[e] - fwd[a]
             sums[1] += bwd[e] - bwd[a]
             sums[2] += rec[e] - rec[a]
             sums[3] += tpf[e] - tpf[a] + tpb[e] - tpb[a]
-            sums[4] += par[e] - par[a]
-            sums[5] += act[e] - act[a]
+        held = self._rank_bytes(s, table, chunks)
         return Rank(
             compute_s=sums[0] + sums[1],
             recompute_s=sums[2],
             tp_s=sums[3],
             p2p_s=p2p,
             backward_s=sums[1],
-            params=sums[4],
-            activation_bytes=sums[5],
+            params=held.params,
+            activation_bytes=held.activation_bytes,
+            working_bytes=held.working_bytes,
+            boundary_bytes=held.boundary_bytes,
+        )
+
+    @staticmethod
+    def _rank_bytes(s: Strategy, table: LayerTable, chunks: list[tuple[int, int]]) -> RankBytes:
+        """Parameters, saved activations (one micro-batch), working set and boundary tensor of
+        a rank holding layers `chunks`."""
+        par, act = table.prefix["params"], table.prefix["activation_bytes"]
+        return RankBytes(
+            params=sum(par[e] - par[a] for a, e in chunks),
+            activation_bytes=sum(act[e] - act[a] for a, e in chunks),
             working_bytes=max(table.max_working(a, e) for a, e in chunks),
             boundary_bytes=max(table.costs[e - 1].output_bytes for a, e in chunks) if s.pp > 1 else 0.0,
         )

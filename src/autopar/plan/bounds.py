@@ -39,7 +39,11 @@ parameter of sharding z (ZeRO stage, HSDP shard group; 0 with offload), A_rc eve
 mode rc, f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
 that, GPipe m), f_min the fewest.
 
-Every floor is a lower bound of the same cost model with no layout and no tolerance in
+Where the cost model's layout is fixed (chunks > 1 or no pipeline: it never cuts those
+again under a memory cap), excess_bytes() reads the exact memory instead, from the
+ranks' holdings alone (cost/model.py held), before a setting is priced.
+
+Every floor is a lower bound of the same cost model with no tolerance in
 it, so a node whose floor is above the plans kept cannot hold one of them: pruning by
 floors returns the model's optimum over the whole space (tests/test_planner_oracle.py).
 """
@@ -88,6 +92,8 @@ class NodeFloors:
         self.steps_factor_min = min(model.steps_factor(replace(self.base, sync_every=h)) for h in self.periods)
         self._sums: dict[tuple[bool, Recompute], _Totals] = {}
         self._sync: dict[tuple, float] = {}
+        self._rest: dict[tuple, float] = {}
+        self._held: dict[tuple, tuple] = {}  # (sp, rc, chunks) -> the cost model's table and per-rank holdings
         self._optimizer: dict[Sharding, float] = {}
         self._state_bytes: dict[Sharding, float] = {}
         self._flight: dict[Schedule, tuple[float, float]] = {}
@@ -145,7 +151,11 @@ class NodeFloors:
 
     def rest_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """Floor of synchronisation + offload copies + optimizer step for one (sp, recompute, sharding)."""
-        return self.optimizer_s(sp, rc, zero) + self.sync_s(sp, rc, zero)
+        key = (sp, rc, zero)
+        found = self._rest.get(key)
+        if found is None:
+            found = self._rest[key] = self.optimizer_s(sp, rc, zero) + self.sync_s(sp, rc, zero)
+        return found
 
     def optimizer_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """The optimizer step at the average rank's parameters (the same for every sp, rc)."""
@@ -178,6 +188,20 @@ class NodeFloors:
         f_min, inverse_sum = self._flights(schedule)
         average = (params * self._state_bytes[zero] + acts * f_min) / self.pp
         return max(average, acts / inverse_sum) + self.model.reserve_bytes
+
+    def excess_bytes(self, sp: bool, schedule: Schedule, v: int, rc: Recompute, zero: Sharding) -> float:
+        """How far one setting's memory floor exceeds what the node has (> 0: it cannot fit):
+        the device floor of bytes(); with chunks > 1 or no pipeline, whose layout the cost
+        model never cuts again under a memory cap, the exact device and host bytes."""
+        floor = self.bytes(sp, schedule, rc, zero) - self.capacity_bytes
+        if floor > 0 or (self.pp > 1 and v == 1):
+            return floor
+        s = replace(self.base, sequence_parallel=sp, recompute=rc, schedule=schedule, virtual_stages=v, **zero.fields())
+        key = (sp, rc, v)
+        if key not in self._held:
+            self._held[key] = self.model.held(s)
+        device, host = self.model.held_bytes(s, *self._held[key])
+        return max(device - self.capacity_bytes, host - self.model.host_capacity_bytes)
 
     def _flights(self, schedule: Schedule, v: int = 2) -> tuple[float, float]:
         """(fewest micro-batches a rank holds, sum over ranks of 1 / micro-batches held); the

@@ -5,14 +5,18 @@ sync, partition, subnet, on the cluster or fewer devices) times every knob: each
 micro-batch size dividing the per-replica batch, 1F1B / GPipe / interleaved with every
 valid chunk count, sequence parallel off and on, each recompute mode, ZeRO 0-3, each
 averaging period. The search returns the cost model's optimum over all of it (and each
-family's best, which the explanations quote) by branch and bound on floors
-(plan/bounds.py), which are true lower bounds of the same cost model:
-  - nodes (a structure at one micro-batch size) are taken best floor first;
-  - step-time floor: a node, then a (schedule, chunks, sequence parallel) and a recompute
-    mode under it, whose floor is above both the K-th best plan and its family's best, is
-    skipped;
-  - memory floor: a node, or a (recompute, ZeRO stage) under it, whose peak rank must
-    hold more than the device does, is skipped.
+family's best, which the explanations quote) by best-first branch and bound on floors
+(plan/bounds.py), which are true lower bounds of the same cost model. One heap holds
+items of four levels, each with a floor per technique family of the settings under it:
+  structure -> nodes (one micro-batch size each) -> groups (sequence parallel, schedule,
+  chunks) -> leaves (recompute mode, sharding: one strategy per averaging period);
+an item is split (or a leaf priced) when the heap reaches its least floor, so settings
+are priced in floor order across the whole space:
+  - step-time floor: an item whose floor for every family is above both the K-th best
+    plan and that family's best is skipped;
+  - memory floor: a node, or a leaf, whose peak rank must hold more than the device does
+    is skipped; a leaf whose layout the cost model fixes (chunks > 1, no pipeline) is
+    checked on its exact memory before it is priced.
 No other pruning: tests/test_planner_oracle.py checks plan 1 against brute force.
 """
 
@@ -22,7 +26,8 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from functools import partial
+from typing import Any, Callable, Optional, Sequence
 
 from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
@@ -62,13 +67,25 @@ class _Search:
     family_problem: dict[str, str] = field(default_factory=dict)  # why a family's structures cannot run at all
     seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
     lean: dict[str, tuple[float, Strategy]] = field(default_factory=dict)  # per family, the least memory floor the memory floor removed
+    _families: dict[tuple, str] = field(default_factory=dict)
+    _thresholds: dict[Optional[str], float] = field(default_factory=dict)
+    heap: list[tuple[float, int, Any]] = field(default_factory=list)  # least floor first: good plans early lower the thresholds
+    ties: Any = field(default_factory=itertools.count)
 
-    def note_lean(self, s: Strategy, floor_bytes: float) -> None:
-        """Remember a setting the memory floor removed: for a family with no other candidate it
-        is priced at the end, so 'needs X GB per device even at its leanest' has its numbers."""
-        fam = family_of(s)
+    def note_lean(self, fam: str, floor_bytes: float, setting: Callable[[], Strategy]) -> None:
+        """Remember a setting (built only if kept) the memory floor removed: for a family with
+        no other candidate it is priced at the end, so 'needs X GB per device even at its
+        leanest' has its numbers."""
         if fam not in self.family_smallest and (fam not in self.lean or floor_bytes < self.lean[fam][0]):
-            self.lean[fam] = (floor_bytes, s)
+            self.lean[fam] = (floor_bytes, setting())
+
+    def family(self, c: dict, zero: Sharding) -> str:
+        """The family of a structure's settings with one sharding (memoised: it reads only these)."""
+        key = (c["dp"], c["tp"], c["pp"], c["sync"], c["data_partition"], c["subnet"], c["threads"], zero)
+        if key not in self._families:
+            self._families[key] = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), sync=c["sync"],
+                                                     data_partition=c["data_partition"], subnet=c["subnet"], threads=c["threads"]))
+        return self._families[key]
 
     def consider(self, s: Strategy) -> Optional[Estimate]:
         if not self.matches_fixed(s):
@@ -86,6 +103,7 @@ class _Search:
             return None
         e = self.model.estimate(s, check=False)
         self.candidates += 1
+        self._thresholds.clear()
         fam = family_of(s)
         key = rank_key(e, self.objective)
         if fam not in self.family_best or key < rank_key(self.family_best[fam], self.objective):
@@ -116,10 +134,14 @@ class _Search:
         return [self.fixed[key]] if key in self.fixed else list(values)
 
     def threshold(self, fam_hint: Optional[str]) -> float:
-        kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
-        fam = self.family_best.get(fam_hint) if fam_hint else None
-        fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
-        return max(kth, fam_score)
+        """max(K-th best score, the family's best score): memoised until the next pricing."""
+        found = self._thresholds.get(fam_hint)
+        if found is None:
+            kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
+            fam = self.family_best.get(fam_hint) if fam_hint else None
+            fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
+            found = self._thresholds[fam_hint] = max(kth, fam_score)
+        return found
 
 
 def _score_floor(search: _Search, f: NodeFloors, step_s: float) -> float:
@@ -130,10 +152,33 @@ def _score_floor(search: _Search, f: NodeFloors, step_s: float) -> float:
     return ttt * f.devices if search.objective is Objective.DEVICES else ttt
 
 
-def _beaten(search: _Search, fam: str, floor: float) -> bool:
-    """The floor is above the plans kept (the K-th best and the family's best): nothing
-    under it can enter the ranking (ties are kept: rank_key rounds to 1e-9)."""
-    return floor > search.threshold(fam) * (1 + 1e-12) + 1e-9
+Floors = tuple[tuple[str, float], ...]  # (family, objective floor of its settings under a search item)
+
+
+def _family_rests(search: _Search, c: dict, rests: Sequence[tuple[Sharding, float]]) -> tuple[tuple[str, float], ...]:
+    """Per family of the shardings, the least rest (optimizer, synchronisation; s) among that
+    family's shardings: a ZeRO-3 setting is bounded by ZeRO-3's rest, not DDP's."""
+    least: dict[str, float] = {}
+    for zero, rest in rests:
+        fam = search.family(c, zero)
+        least[fam] = min(rest, least.get(fam, float("inf")))
+    return tuple(least.items())
+
+
+def _family_floors(search: _Search, f: NodeFloors, c: dict, base_s: float, rests: Sequence[tuple[Sharding, float]]) -> Floors:
+    """Per family, the objective floor of base_s plus the family's least rest."""
+    return tuple((fam, _score_floor(search, f, base_s + rest)) for fam, rest in _family_rests(search, c, rests))
+
+
+def _limit(search: _Search, fam: str) -> float:
+    """The floor above which a setting of `fam` can neither enter the ranking (the K-th
+    best) nor be the family's best (ties are kept: rank_key rounds to 1e-9)."""
+    return search.threshold(fam) * (1 + 1e-12) + 1e-9
+
+
+def _beaten(search: _Search, floors: Floors) -> bool:
+    """Every family's floor is above its limit: nothing under the item is kept."""
+    return all(floor > _limit(search, fam) for fam, floor in floors)
 
 
 def _count(search: _Search, name: str) -> None:
@@ -144,11 +189,9 @@ def _count(search: _Search, name: str) -> None:
 class _Node:
     """A structure at one micro-batch size, with its floors."""
 
-    floor: float  # objective floor over every knob setting
-    order: int
+    floors: Floors  # per family, the objective floor over every knob setting
     c: dict
     b: int
-    fam: str
     f: NodeFloors
     knobs: tuple  # (schedule pairs, sequence parallel values, recompute modes, ZeRO stages, periods)
 
@@ -157,14 +200,14 @@ class _Node:
 class _Structure:
     """A structure before its micro-batch sizes are split into nodes."""
 
+    floors: Floors
     c: dict
-    fam: str
     sizes: tuple[int, ...]  # micro-batch sizes, largest first
     knobs: tuple
-    floors: dict[int, NodeFloors]  # those built for the structure's floor, reused by its nodes
+    node_floors: dict[int, NodeFloors]  # those built for the structure's floor, reused by its nodes
 
 
-def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Structure]]:
+def _structure(search: _Search, c: dict) -> Optional[_Structure]:
     """The structure with its floor: the pipeline's per-sample floor at the largest micro-batch
     (per-sample time never grows with the micro-batch in the cost model: weights, launches
     and latencies amortise, GEMMs get wider; tests/test_planner_oracle.py checks it), or
@@ -186,12 +229,12 @@ def _structure(search: _Search, c: dict, fam: str) -> Optional[tuple[float, _Str
         _count(search, "memory floor")
         pairs = _pinned_schedules(search, c, local // sizes[-1])
         if pairs:
-            _note_leanest(search, _Node(0.0, 0, c, sizes[-1], fam, small, (pairs, sps, rcs, zeros, periods)))
+            _note_leanest(search, _Node((), c, sizes[-1], small, (pairs, sps, rcs, zeros, periods)))
         return None
     big = NodeFloors(search.model, c, sizes[0], local // sizes[0], periods)
-    rest = min(big.optimizer_s(sps[0], Recompute.NONE, z) for z in zeros)
-    st = _Structure(c, fam, tuple(sizes), (sps, rcs, zeros, periods), {sizes[0]: big, sizes[-1]: small})
-    return _score_floor(search, big, min(big.per_sample_pipe_s(sp) for sp in sps) + rest), st
+    rests = [(z, big.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros]
+    floors = _family_floors(search, big, c, min(big.per_sample_pipe_s(sp) for sp in sps), rests)
+    return _Structure(floors, c, tuple(sizes), (sps, rcs, zeros, periods), {sizes[0]: big, sizes[-1]: small})
 
 
 def _nodes(search: _Search, st: _Structure) -> list[_Node]:
@@ -203,39 +246,101 @@ def _nodes(search: _Search, st: _Structure) -> list[_Node]:
         pairs = _pinned_schedules(search, c, m)
         if not pairs:
             continue
-        f = st.floors.get(b) or NodeFloors(search.model, c, b, m, periods)
+        f = st.node_floors.get(b) or NodeFloors(search.model, c, b, m, periods)
         # pipeline floor without recompute (it only adds), optimizer at its least, no sync
-        rest = min(f.optimizer_s(sps[0], Recompute.NONE, z) for z in zeros)
-        floor = min(f.any_pipe_s(sp) for sp in sps) + rest
-        out.append(_Node(_score_floor(search, f, floor), len(out), c, b, st.fam, f, (pairs, sps, rcs, zeros, periods)))
+        rests = [(z, f.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros]
+        floors = _family_floors(search, f, c, min(f.any_pipe_s(sp) for sp in sps), rests)
+        out.append(_Node(floors, c, b, f, (pairs, sps, rcs, zeros, periods)))
     return out
 
 
-def _expand(search: _Search, n: _Node) -> None:
-    """Every knob setting of a node whose floors do not rule it out."""
-    c, f = n.c, n.f
-    pairs, sps, rcs, zeros, periods = n.knobs
-    cap = f.capacity_bytes
+@dataclass(frozen=True)
+class _Group:
+    """A node's (sequence parallel, schedule, chunks): its recompute modes and shardings are
+    split into leaves only when the heap reaches the group's floor."""
+
+    floors: Floors
+    node: _Node
+    sp: bool
+    sched: Schedule
+    v: int
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    """One knob setting, priced when the heap reaches its floor: settings are taken in floor
+    order across every node, so few above the final thresholds are priced."""
+
+    fam: str
+    group: _Group
+    rc: Recompute
+    zero: Sharding
+    floor: float
+
+    @property
+    def floors(self) -> Floors:
+        return ((self.fam, self.floor),)
+
+    def strategies(self) -> list[Strategy]:
+        g, n = self.group, self.group.node
+        return [_setting(n.c, n.b, n.f.m, g.sched, g.v, g.sp, self.rc, self.zero, period) for period in n.knobs[4]]
+
+
+def _groups(search: _Search, n: _Node) -> list[_Group]:
+    """A node's (sp, schedule, chunks) groups whose floors are not above the plans kept."""
+    f, c, out = n.f, n.c, []
+    pairs, sps, rcs, zeros, _ = n.knobs
+    per_s = _score_floor(search, f, 1.0)  # the objective is linear in the step time
     for sp in sps:
-        rests = {(rc, z): f.rest_s(sp, rc, z) for rc in rcs for z in zeros}
-        least_rest = min(rests.values())
+        rests = _family_rests(search, c, [(z, min(f.rest_s(sp, rc, z) for rc in rcs)) for z in zeros])
         for sched, v in pairs:
-            if _beaten(search, n.fam, _score_floor(search, f, f.pipe_s(sp, sched, v) + least_rest)):
+            pipe = f.pipe_s(sp, sched, v)
+            floors = tuple((fam, (pipe + rest) * per_s) for fam, rest in rests)
+            if _beaten(search, floors):
                 _count(search, "step-time floor")
                 continue
-            for rc in rcs:
-                pipe = f.pipe_s(sp, sched, v, rc)
-                for zero in zeros:
-                    if _beaten(search, n.fam, _score_floor(search, f, pipe + rests[(rc, zero)])):
-                        _count(search, "step-time floor")
-                        continue
-                    need = f.bytes(sp, sched, rc, zero)
-                    if need > cap:
-                        _count(search, "memory floor")
-                        search.note_lean(_setting(c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]), need)
-                        continue
-                    for period in periods:
-                        search.consider(_setting(c, n.b, f.m, sched, v, sp, rc, zero, period))
+            out.append(_Group(floors, n, sp, sched, v))
+    return out
+
+
+def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
+    """A group's (recompute, sharding) settings the step-time and memory floors leave."""
+    n, f, out = g.node, g.node.f, []
+    _, _, rcs, zeros, periods = n.knobs
+    per_s = _score_floor(search, f, 1.0)  # the objective is linear in the step time
+    fams = [(zero, fam, _limit(search, fam)) for zero in zeros for fam in (search.family(n.c, zero),)]
+    for rc in rcs:
+        pipe = f.pipe_s(g.sp, g.sched, g.v, rc)
+        for zero, fam, limit in fams:
+            floor = (pipe + f.rest_s(g.sp, rc, zero)) * per_s
+            if floor > limit:  # _beaten for one family, its limit read once per group
+                _count(search, "step-time floor")
+                continue
+            need = f.bytes(g.sp, g.sched, rc, zero)
+            if need > f.capacity_bytes:
+                _count(search, "memory floor")
+                search.note_lean(fam, need, partial(_setting, n.c, n.b, f.m, g.sched, g.v, g.sp, rc, zero, periods[-1]))
+                continue
+            out.append(_Leaf(fam, g, rc, zero, floor))
+    return out
+
+
+def _push(search: _Search, item: Any) -> None:
+    """Push a search item (structure, node, group, leaf) keyed by its least family floor."""
+    heapq.heappush(search.heap, (min(floor for _, floor in item.floors), next(search.ties), item))
+
+
+def _price_leaf(search: _Search, leaf: _Leaf) -> None:
+    """Price a setting the floors could not rule out, unless its exact memory (where the cost
+    model's layout is fixed) does not fit."""
+    g = leaf.group
+    over = g.node.f.excess_bytes(g.sp, g.sched, g.v, leaf.rc, leaf.zero)
+    if over > 0:
+        _count(search, "memory floor")
+        search.note_lean(leaf.fam, g.node.f.capacity_bytes + over, lambda: leaf.strategies()[-1])
+        return
+    for s in leaf.strategies():
+        search.consider(s)
 
 
 def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Recompute, zero: Sharding, period: int) -> Strategy:
@@ -252,7 +357,8 @@ def _note_leanest(search: _Search, n: _Node) -> None:
     sched, v = min(pairs, key=lambda p: (p[0] is Schedule.GPIPE, p[1]))
     for zero in zeros:
         sp, rc = min(((sp, rc) for sp in sps for rc in rcs), key=lambda k: f.bytes(k[0], sched, k[1], zero))
-        search.note_lean(_setting(c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]), f.bytes(sp, sched, rc, zero))
+        search.note_lean(search.family(c, zero), f.bytes(sp, sched, rc, zero),
+                         partial(_setting, c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]))
 
 
 def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, int]]:
@@ -276,8 +382,6 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
                         max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
     search = _Search(model, ctx, objective, top_k, fixed)
-    heap: list[tuple[float, int, Any]] = []  # best floor first: good plans early lower the thresholds
-    tie = itertools.count()
     for c in structures(ctx, search.pruned):
         if any(k in c and c[k] != v for k, v in fixed.items()):
             continue
@@ -289,25 +393,32 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
                                                   f"needs at least {c['pp']} micro-batches (dp={c['dp']})")
             _count(search, "batch-below-pp")
             continue
-        found = _structure(search, c, fam)
+        found = _structure(search, c)
         if found is not None:
-            heapq.heappush(heap, (found[0], next(tie), found[1]))
-    while heap:
-        floor, _, item = heapq.heappop(heap)
-        if _beaten(search, item.fam, floor):
+            _push(search, found)
+    while search.heap:
+        _, _, item = heapq.heappop(search.heap)
+        if _beaten(search, item.floors):
             _count(search, "step-time floor")
-            search.family_bound[item.fam] = min(floor, search.family_bound.get(item.fam, float("inf")))
+            for fam, floor in item.floors:
+                search.family_bound[fam] = min(floor, search.family_bound.get(fam, float("inf")))
             continue
-        if isinstance(item, _Structure):
+        if isinstance(item, _Leaf):
+            _price_leaf(search, item)
+        elif isinstance(item, _Group):
+            for leaf in _leaves(search, item):
+                _push(search, leaf)
+        elif isinstance(item, _Structure):
             for n in _nodes(search, item):
-                heapq.heappush(heap, (n.floor, next(tie), n))
-            continue
-        pairs, sps, rcs, zeros, _ = item.knobs
-        if min(item.f.least_bytes(sps, sched, rcs, zeros) for sched in {p[0] for p in pairs}) > item.f.capacity_bytes:
-            _count(search, "memory floor")
-            _note_leanest(search, item)
-            continue
-        _expand(search, item)
+                _push(search, n)
+        else:
+            pairs, sps, rcs, zeros, _ = item.knobs
+            if min(item.f.least_bytes(sps, sched, rcs, zeros) for sched in {p[0] for p in pairs}) > item.f.capacity_bytes:
+                _count(search, "memory floor")
+                _note_leanest(search, item)
+                continue
+            for group in _groups(search, item):
+                _push(search, group)
     for fam, (_, s) in list(search.lean.items()):
         if fam not in search.family_smallest:
             search.consider(s)
