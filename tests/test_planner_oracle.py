@@ -30,6 +30,8 @@ GPT_1B = {"family": "gpt", "layers": 24, "hidden": 2048, "heads": 16, "seq_len":
 GPT_4B = {"family": "gpt", "layers": 32, "hidden": 3200, "heads": 25, "seq_len": 1024, "vocab": 50257}
 LLAMA_7B = {"family": "llama", "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 4096, "vocab": 32000}
 GPT3 = {"family": "gpt", "layers": 96, "hidden": 12288, "heads": 96, "seq_len": 2048, "vocab": 51200, "dropout": 0.1}
+MOE_16 = {"family": "llama", "layers": 16, "hidden": 2048, "heads": 16, "seq_len": 2048, "vocab": 32000, "experts": 16, "top_k": 2,
+          "ffn_hidden": 4096}
 V100_16 = {"preset": "v100-pcie-node", "device": {"name": "v100-16gb", "memory_GB": 16, "peak_tflops": {"fp32": 15.7, "fp16": 125},
                                                   "memory_bandwidth_GBps": 900}, "nodes": 1}
 DGX = {"preset": "dgx-a100-80gb"}
@@ -46,6 +48,8 @@ CASES = {  # name: (model, global batch, training keys, cluster, --fix, objectiv
                                                        {**DGX, "nodes": 4, "inter_node": {"bandwidth_GBps": 25}}, None, Objective.TIME),
     "gpt-4b on one A100 (host offload)": (GPT_4B, 32, {"optimizer": "adam", "precision": "bf16"},
                                           {**DGX, "nodes": 1, "devices_per_node": 1}, None, Objective.TIME),
+    "16-expert moe, 2 nodes, batch 16 (expert parallel)": (MOE_16, 16, {"optimizer": "adam", "precision": "bf16"}, {**DGX, "nodes": 2},
+                                                          None, Objective.TIME),
     "gpt-1.3b, 2 nodes, throughput": (GPT_1B, 64, {"optimizer": "adam", "precision": "bf16"}, {**DGX, "nodes": 2}, None,
                                       Objective.THROUGHPUT),
 }

@@ -154,6 +154,15 @@ def test_mixture_of_experts_counts_active_parameters(profiles):
     assert profiles["llama"].active_params is None
 
 
+def test_mixtral_experts_are_known_but_not_split_by_expert_parallelism(profiles):
+    """transformers' packed experts are counted (facts.experts, top_k) but the runtime splits
+    only models/moe.py's stacks: ep > 1 is refused in one line, never run on the wrong module."""
+    facts = profiles["mixtral"].facts
+    assert (facts.experts, facts.top_k, facts.expert_modules) == (4, 2, ())
+    problem = plan_problem(Strategy(dp=2, ep=2), facts, 8, Precision.FP32, None)
+    assert problem is not None and "library's own modules" in problem
+
+
 def test_gpt2_and_t5_attention_is_split(profiles):
     """GPT-2's fused Conv1D c_attn splits each of q, k, v; T5's q/k/v/o and its relative
     position bias (one column per head) split with the heads (runs: EQUAL's tp=2)."""

@@ -33,6 +33,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 TOL = 1e-9
 
 GPT = {"family": "gpt", "layers": 4, "hidden": 32, "heads": 4, "seq_len": 16, "vocab": 64}  # tied embedding/head
+MOE = {"family": "llama", "layers": 4, "hidden": 32, "heads": 4, "kv_heads": 2, "seq_len": 16, "vocab": 64, "multiple_of": 16,
+       "experts": 4, "top_k": 2, "ffn_hidden": 24}
 WIDE = {"family": "wide_linear", "input_dim": 15, "hidden": 8, "classes": 3}  # features split 8 + 7
 
 
@@ -58,6 +60,8 @@ RESHARD = [  # (b) resume under another layout
         ["dp=2,zero=1", "dp=2,zero=2"],
     ]),
     _case("wide", WIDE, [["dp=2,data_partition=features", "dp=2,zero=3"], ["dp=2", "dp=2,data_partition=features"]], optimizer="adamw"),
+    # expert-parallel stacks (each rank holds half the experts) are saved whole and cut back on load
+    _case("moe", MOE, [["dp=2,ep=2", "dp=2,zero=3"], ["dp=2", "dp=2,ep=2,zero=3"]]),
 ]
 MESHES = [
     _case("gpt", GPT, [

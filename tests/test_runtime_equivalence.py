@@ -25,6 +25,7 @@ TOL = 1e-9
 TRAIN = {"global_batch": 8, "precision": "fp32"}
 GPT = {"family": "gpt", "layers": 4, "hidden": 32, "heads": 4, "seq_len": 16, "vocab": 64}  # tied embedding/head
 LLAMA = {"family": "llama", "layers": 4, "hidden": 32, "heads": 4, "kv_heads": 2, "seq_len": 16, "vocab": 64, "multiple_of": 16}
+MOE = {**LLAMA, "experts": 4, "top_k": 2, "ffn_hidden": 24}  # models/moe.py in every block: SwiGLU experts, top-2 of 4
 TEACHER = {"samples": 1024, "loader": "tests.runtime_helpers.loaders:teacher_classes"}
 
 
@@ -61,6 +62,9 @@ EQUIVALENT_2 = [
         "pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3",
     ], optimizer="momentum", lr=0.05, global_batch=4),
     _case("loader", {"family": "mlp", "input_dim": 16, "widths": [32], "classes": 4}, ["dp=2", "dp=2,zero=2"], data=TEACHER),
+    # expert parallelism: experts split over the dp ranks, rows sent by all-to-all (techniques/expert)
+    _case("moe", MOE, ["dp=2,ep=2", "dp=2,ep=2,zero=3,microbatch=2", "dp=2,ep=2,zero=2,recompute=full", "tp=2"]),
+    _case("gpt-moe", {**GPT, "experts": 4, "top_k": 1}, ["dp=2,ep=2"]),
     # a vocabulary tp does not divide (65 over 2 ranks: 33 + 32 rows), as GPT-2's 50257
     _case("odd-vocab", {**GPT, "vocab": 65}, ["tp=2", "tp=2,sequence_parallel=true"]),
     # a user module with no tp_plan: tensor parallelism splits the Linear pairs the profiler finds
@@ -78,6 +82,8 @@ EQUIVALENT_4 = [
         "pp=2,dp=2,zero=2,schedule=zero_bubble,virtual_stages=2,microbatch=2", "pp=2,tp=2,schedule=zero_bubble,microbatch=2",
     ]),
     _case("wide", {"family": "wide_linear", "input_dim": 18, "hidden": 8, "classes": 3}, ["dp=4,data_partition=features"]),
+    # ep=2 of dp=4: two replicas of each expert half, their gradients summed across the replica pair
+    _case("moe", MOE, ["dp=4,ep=2", "dp=4,ep=4,zero=3", "dp=2,tp=2,ep=2", "pp=2,dp=2,ep=2,microbatch=2"]),
 ]
 EQUIVALENT_8 = [
     _case("gpt", GPT, [

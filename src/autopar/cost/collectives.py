@@ -82,6 +82,16 @@ def reduce_scatter_s(nbytes: float, p: Placement, cluster: Cluster, eff: Efficie
 all_gather_s = reduce_scatter_s  # same volume and steps, data flowing the other way
 
 
+def all_to_all_s(nbytes: float, p: Placement, cluster: Cluster, eff: Efficiency) -> float:
+    """Each rank holds n bytes, 1/d of them for each rank of the group (its own stays):
+    (d-1)/d * n / B, a reduce-scatter's volume without the reduction, + one latency pass
+    (pairwise exchange; Thakur et al. 2005)."""
+    if p.size <= 1 or nbytes <= 0:
+        return 0.0
+    link = group_link(p, cluster, eff)
+    return (p.size - 1) / p.size * nbytes / link.bandwidth_Bps + link.latency_steps_s
+
+
 def p2p_s(nbytes: float, crosses_nodes: bool, nic_share: int, cluster: Cluster, eff: Efficiency) -> float:
     """One point-to-point send of n bytes between neighbouring pipeline stages."""
     if nbytes <= 0:

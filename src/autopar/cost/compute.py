@@ -10,7 +10,7 @@ tiny layers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autopar.cost.efficiency import Efficiency
 from autopar.profile.types import Gemm, LayerStats
@@ -33,8 +33,12 @@ def gemm_efficiency(m: float, n: float, k: float, eff: Efficiency) -> float:
     return eff.gemm_max * d / (d + eff.gemm_half_dim)
 
 
-def gemm_s(g: Gemm, b: int, tp: int, rate: DeviceRate, eff: Efficiency) -> float:
-    """Forward time of one profiled product at micro-batch b and tensor-parallel degree tp."""
+def gemm_s(g: Gemm, b: int, tp: int, rate: DeviceRate, eff: Efficiency, ep: int = 1) -> float:
+    """Forward time of one profiled product at micro-batch b and tensor-parallel degree tp. A
+    routed expert's product under expert parallelism: the rank runs 1 / ep of the experts,
+    each on the rows of ep ranks (same FLOPs, ep-fold taller GEMMs)."""
+    if g.expert and ep > 1:
+        return gemm_s(replace(g, m=g.m * ep, expert=False), b, tp, rate, eff) / ep
     m, n, k, count = (g.m * b, g.n, g.k, g.count) if g.rows_scale_with_batch else (g.m, g.n, g.k, g.count * b)
     if g.tp_split == "n":
         n = n / tp
@@ -69,8 +73,8 @@ class LayerCompute:
     core_forward_s: float  # the attention core alone (redone by selective recompute)
 
 
-def layer_compute(stats: LayerStats, b: int, tp: int, sp: bool, rate: DeviceRate, eff: Efficiency) -> LayerCompute:
-    gemm_fwd = sum(gemm_s(g, b, tp, rate, eff) for g in stats.gemms)
+def layer_compute(stats: LayerStats, b: int, tp: int, sp: bool, rate: DeviceRate, eff: Efficiency, ep: int = 1) -> LayerCompute:
+    gemm_fwd = sum(gemm_s(g, b, tp, rate, eff, ep) for g in stats.gemms)
     other_flops = max(0.0, stats.forward_flops - sum(g.flops_per_sample() for g in stats.gemms)) * b / tp
     gemm_fwd += other_flops / (rate.flops * eff.gemm_max)
     bwd_ratio = stats.backward_flops / stats.forward_flops if stats.forward_flops else 0.0

@@ -36,6 +36,11 @@ class Efficiency:
     comm_overlap: float = 0.7
     # FITTED. Point-to-point pipeline sends (small, latency-bound messages in 2021 Megatron).
     p2p: float = 0.60
+    # ASSUMED (not fitted: no MoE run in validation/ yet). Busiest expert-parallel rank's
+    # rows over the mean: the capacity factor token-choice routers are trained to stay
+    # under (Switch Transformer, Fedus et al. 2022, Sec. 2.2: 1.0-1.25; GShard: 1.25 budget
+    # with an auxiliary balance loss).
+    expert_imbalance: float = 1.25
 
 
 DEFAULT = Efficiency()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Sequence
+from typing import Optional, Sequence
 
 from autopar.cost.compute import DeviceRate, layer_compute
 from autopar.cost.efficiency import Efficiency
 from autopar.profile.types import LayerStats
 from autopar.spec.enums import Recompute
+from autopar.techniques.expert import cost as expert_cost
 from autopar.techniques.recompute import cost as recompute_cost
 from autopar.techniques.tensor import cost as tensor_cost
 from autopar.techniques.tensor.cost import CommFn
@@ -34,22 +35,33 @@ class LayerCosts:
     activation_bytes: float  # saved for backward, one micro-batch
     working_bytes: float  # extra while this layer's backward runs (full recompute)
     output_bytes: float  # sent to the next stage, one micro-batch
+    ep_s: float = 0.0  # expert parallelism: all-to-all dispatch and the busiest rank's extra expert compute
+    expert_params: float = 0.0  # routed-expert parameters held on this rank (ep > 1: experts / ep of them)
 
     @property
     def time_s(self) -> float:
-        return self.forward_s + self.backward_s + self.recompute_s + self.tp_forward_s + self.tp_backward_s
+        return self.forward_s + self.backward_s + self.recompute_s + self.tp_forward_s + self.tp_backward_s + self.ep_s
 
 
-FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward_s", "params", "activation_bytes")
+FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward_s", "params", "activation_bytes", "ep_s", "expert_params")
 
 
 def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompute, rate: DeviceRate,
-                eff: Efficiency, all_reduce: CommFn, split_params: bool = True, tp_module_overhead_s: float = 0.0) -> LayerCosts:
-    """Costs of `stats` at micro-batch b on one of tp tensor-parallel ranks. all_reduce(bytes)
-    prices one TP collective; with sequence parallelism it stands for the reduce-scatter +
-    all-gather pair (same bytes)."""
-    c = layer_compute(stats, b, tp, sp, rate, eff)
+                eff: Efficiency, all_reduce: CommFn, split_params: bool = True, tp_module_overhead_s: float = 0.0,
+                ep: int = 1, all_to_all: Optional[CommFn] = None) -> LayerCosts:
+    """Costs of `stats` at micro-batch b on one of tp tensor-parallel ranks (and, with ep > 1,
+    of ep expert-parallel ranks). all_reduce(bytes) prices one TP collective; with sequence
+    parallelism it stands for the reduce-scatter + all-gather pair (same bytes);
+    all_to_all(bytes) one exchange over the ep group."""
+    c = layer_compute(stats, b, tp, sp, rate, eff, ep)
     tp_f, tp_b = tensor_cost.tp_comm_s(stats, b, tp, all_reduce, tp_module_overhead_s)
+    params = tensor_cost.params_per_rank(stats, tp) if split_params else stats.params
+    experts, ep_s = float(stats.expert_params), 0.0
+    if ep > 1 and stats.expert_params:  # experts are replicated over tp, split over ep
+        experts = stats.expert_params / ep
+        params -= stats.expert_params - experts
+        ep_s = expert_cost.dispatch_s(stats.dispatch_bytes * b, all_to_all) + expert_cost.imbalance_s(
+            stats.expert_flops, stats.forward_flops, c.forward_s + c.backward_s, eff.expert_imbalance)
     # Boundary tensors leave a stage split over the tp ranks: sharded already (sequence
     # parallel, column-split outputs) or by Megatron's scatter/gather optimisation
     # (Narayanan et al. 2021, Sec. 4.1: each rank sends 1/t, the next stage all-gathers).
@@ -59,10 +71,12 @@ def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompu
         recompute_s=recompute_cost.recompute_s(recompute, stats, c.forward_s, tp_f, c.core_forward_s),
         tp_forward_s=tp_f,
         tp_backward_s=tp_b,
-        params=tensor_cost.params_per_rank(stats, tp) if split_params else stats.params,
+        params=params,
         activation_bytes=recompute_cost.layer_activation_bytes(stats, b, tp, sp, recompute),
         working_bytes=recompute_cost.layer_working_bytes(stats, b, tp, sp, recompute),
         output_bytes=stats.output_bytes * b / tp,
+        ep_s=ep_s,
+        expert_params=experts,
     )
 
 

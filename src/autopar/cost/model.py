@@ -55,6 +55,8 @@ class Topology:
     used_per_node: int
     shard: Optional[coll.Placement] = None  # HSDP: the shard group and the replicas' group
     replicate: Optional[coll.Placement] = None
+    ep: Optional[coll.Placement] = None  # expert parallelism: the ep group and the ranks holding the same experts
+    expert_replicas: Optional[coll.Placement] = None
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,12 @@ class Rank:
     activation_bytes: float  # one micro-batch, all chunks of the rank
     working_bytes: float
     boundary_bytes: float
+    ep_s: float = 0.0  # expert-parallel all-to-alls and imbalance
+    expert_params: float = 0.0  # routed-expert parameters held (ep > 1: not sharded by ZeRO, reduced over their replicas)
 
     @property
     def time_s(self) -> float:  # one micro-batch through the rank
-        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s
+        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s + self.ep_s
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class RankBytes:
     activation_bytes: float  # one micro-batch, all chunks of the rank
     working_bytes: float
     boundary_bytes: float
+    expert_params: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class CostModel:
             "compute": m * slow.compute_s,
             "recompute": m * slow.recompute_s,
             "tp_comm": m * slow.tp_s,
+            "ep_comm": m * slow.ep_s,
             "pp_comm": m * slow.p2p_s,
             "bubble": bubble_s,
             "dp_comm": self._sync_s(s, rs.distinct, m, topo),
@@ -228,6 +234,17 @@ class CostModel:
             return local_sgd_cost.averaging_s(subnet_cost.partitioned_params(self.stats) * p / s.dp, topo.dp, s.sync_every, cl, eff)
         if s.sync is Sync.ASYNC:
             return local_sgd_cost.averaging_s(r.params * 4, topo.dp, s.sync_every, cl, eff)
+        experts = 0.0
+        if s.ep > 1 and r.expert_params:
+            # split experts: all-reduced over the ranks holding the same experts after backward
+            # (techniques/expert/apply.py), not overlapped; the rest as below
+            experts = coll.all_reduce_s(r.expert_params * g, topo.expert_replicas, cl, eff)
+            r = replace(r, params=r.params - r.expert_params, expert_params=0.0)
+        return experts + self._dense_sync_s(s, r, m, topo, last_bucket_waits)
+
+    def _dense_sync_s(self, s: Strategy, r: Rank, m: int, topo: Topology, last_bucket_waits: bool) -> float:
+        """rank_sync_s of parameters that are replicated over dp (or ZeRO-sharded)."""
+        cl, eff, (p, g, _) = self.cluster, self.eff, self.per_param
         window = r.backward_s * self.comm_overlap
         hsdp = s.dp_shard is not None
         group = topo.shard if hsdp else topo.dp  # the ranks ZeRO shards over
@@ -269,7 +286,11 @@ class CostModel:
         peak = max(range(len(ranks)), key=lambda r: ranks[r].params * per_param + ranks[r].activation_bytes * flights[r]
                    + ranks[r].working_bytes + 2 * ranks[r].boundary_bytes)
         rank = ranks[peak]
-        states = data_cost.model_state_bytes(rank.params, self.per_param, s.zero, self._shard_group(s))
+        # experts split by ep stay whole on their rank (FSDP ignores them: techniques/expert/apply.py)
+        states = data_cost.model_state_bytes(rank.params - rank.expert_params, self.per_param, s.zero, self._shard_group(s))
+        if rank.expert_params:
+            whole = data_cost.model_state_bytes(rank.expert_params, self.per_param, 0, 1)
+            states = data_cost.StateBytes(states.params + whole.params, states.grads + whole.grads, states.optimizer + whole.optimizer)
         if s.offload:  # every shard in host memory (host_bytes_per_node)
             states = data_cost.StateBytes(0.0, 0.0, 0.0)
         buffers = 2 * rank.boundary_bytes
@@ -371,7 +392,11 @@ class CostModel:
         if s.dp_shard is not None:
             shard = coll.place(s.dp_shard, s.threads * s.tp, dpn, used_per_node)
             replicate = coll.place(s.dp // s.dp_shard, s.threads * s.tp * s.dp_shard, dpn, used_per_node)
-        return Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node, shard, replicate)
+        ep = expert_replicas = None
+        if s.ep > 1:  # ep neighbouring dp ranks (stride tp), and the dp / ep ranks holding the same experts
+            ep = coll.place(s.ep, s.threads * s.tp, dpn, used_per_node)
+            expert_replicas = coll.place(s.dp // s.ep, s.threads * s.tp * s.ep, dpn, used_per_node)
+        return Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node, shard, replicate, ep, expert_replicas)
 
     def rate(self, s: Strategy, used_per_node: int) -> DeviceRate:
         dev = self.cluster.device
@@ -390,7 +415,8 @@ class CostModel:
     def table(self, s: Strategy, b: int, topo: Topology, rate: DeviceRate) -> LayerTable:
         subnet_split = s.dp if s.subnet else 1
         feature_split = s.dp if s.data_partition is DataPartition.FEATURES else 1
-        key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, feature_split, topo.dp if feature_split > 1 else None)
+        key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, feature_split, topo.dp if feature_split > 1 else None,
+               topo.ep if s.ep > 1 else None)
         table = self._tables.get(key)
         if table is None:
             table = self._tables[key] = LayerTable(self._layer_costs(s, b, topo, rate))
@@ -412,7 +438,8 @@ class CostModel:
                 else:
                     by_stats[key] = layer_costs(stats, b, s.tp, s.sequence_parallel, s.recompute, rate, eff,
                                                 lambda n: coll.all_reduce_s(n, topo.tp, cl, eff),
-                                                tp_module_overhead_s=cl.device.tp_module_overhead_s)
+                                                tp_module_overhead_s=cl.device.tp_module_overhead_s, ep=s.ep,
+                                                all_to_all=lambda n: coll.all_to_all_s(n, topo.ep, cl, eff))
             costs.append(by_stats[key])
         return costs
 
@@ -463,13 +490,15 @@ class CostModel:
         if s.pp > 1:
             p2p = pipeline_cost.p2p_s(chunks, lambda i: table.costs[i].output_bytes, self.n_layers, s.tp, s.sequence_parallel,
                                       topo.pp_crosses_nodes, topo.used_per_node, topo.tp, self.cluster, self.eff)
-        fwd, bwd, rec, tpf, tpb = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward_s"))
-        sums = [0.0] * 4
+        fwd, bwd, rec, tpf, tpb, eps = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s",
+                                                                  "tp_backward_s", "ep_s"))
+        sums = [0.0] * 5
         for a, e in chunks:  # one pass over the chunks, prefix-sum differences
             sums[0] += fwd[e] - fwd[a]
             sums[1] += bwd[e] - bwd[a]
             sums[2] += rec[e] - rec[a]
             sums[3] += tpf[e] - tpf[a] + tpb[e] - tpb[a]
+            sums[4] += eps[e] - eps[a]
         held = self._rank_bytes(s, table, chunks)
         return Rank(
             compute_s=sums[0] + sums[1],
@@ -481,18 +510,21 @@ class CostModel:
             activation_bytes=held.activation_bytes,
             working_bytes=held.working_bytes,
             boundary_bytes=held.boundary_bytes,
+            ep_s=sums[4],
+            expert_params=held.expert_params,
         )
 
     @staticmethod
     def _rank_bytes(s: Strategy, table: LayerTable, chunks: list[tuple[int, int]]) -> RankBytes:
         """Parameters, saved activations (one micro-batch), working set and boundary tensor of
         a rank holding layers `chunks`."""
-        par, act = table.prefix["params"], table.prefix["activation_bytes"]
+        par, act, exp = table.prefix["params"], table.prefix["activation_bytes"], table.prefix["expert_params"]
         return RankBytes(
             params=sum(par[e] - par[a] for a, e in chunks),
             activation_bytes=sum(act[e] - act[a] for a, e in chunks),
             working_bytes=max(table.max_working(a, e) for a, e in chunks),
             boundary_bytes=max(table.costs[e - 1].output_bytes for a, e in chunks) if s.pp > 1 else 0.0,
+            expert_params=sum(exp[e] - exp[a] for a, e in chunks) if s.ep > 1 else 0.0,
         )
 
 def _gathers(s: Strategy) -> int:

@@ -85,6 +85,7 @@ class ModelDef:
     init: Optional[InitScheme] = None  # built-ins: drawn per parameter by models/init.py; None: the module's own
     head_units: tuple[tuple[str, int], ...] = ()  # (what, heads) a tensor-parallel degree must divide
     active_params: Optional[int] = None  # mixture of experts: parameters one token uses (models/hf.active_params)
+    moe: Optional[tuple[int, int]] = None  # (experts, top k) of a transformers MoE (the built-ins' are found on the module)
     tp_local_attrs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (module pattern, int attributes each tp rank holds // tp)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopar.models.attention import CoreAttention, DecoderLM, NormHead, dropout_or_identity, merge_heads, split_heads
+from autopar.models.moe import MoE
 from autopar.spec.recipe import GPTSpec
 
 
@@ -61,7 +62,7 @@ class GPTBlock(nn.Module):
         self.ln1 = nn.LayerNorm(spec.hidden)
         self.attn = GPTAttention(spec)
         self.ln2 = nn.LayerNorm(spec.hidden)
-        self.mlp = GPTMLP(spec)
+        self.mlp = MoE(spec.hidden, spec.ffn, spec.experts, spec.top_k, gated=False) if spec.experts else GPTMLP(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))

@@ -139,7 +139,7 @@ def build_transformers(spec: TransformersSpec):
     plan, local_attrs = library_tp_plan(wrapper, config), ()
     if plan is None:
         plan, local_attrs = declared_tp_plan(wrapper, config)
-    return ModelDef(wrapper, inputs, target, loss, spec.config_name, tp_plan=plan, active_params=active_params(model, config),
+    return ModelDef(wrapper, inputs, target, loss, spec.config_name, tp_plan=plan, active_params=active_params(model, config), moe=moe_shape(config),
                     head_units=_head_units(config) if plan else (), tp_local_attrs=local_attrs)
 
 

@@ -15,6 +15,7 @@ The distributions are the families' usual ones; only the random source is per pa
   torch_default  PyTorch's reset_parameters: Linear/Conv weights kaiming_uniform(a=sqrt(5)),
                  i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), biases the same bound;
                  Embedding N(0, 1)                                  (mlp, cnn, wide_linear)
+Stacked expert weights (models/moe.py, (E, in, out)) follow the Linear rule of one expert.
 Norms (LayerNorm, RMSNorm, GroupNorm) start at weight 1, bias 0 in both. Values are drawn
 in float32 and cast to the parameter's dtype (as building in float32 and converting did).
 
@@ -31,6 +32,8 @@ from enum import Enum
 
 import torch
 from torch import nn
+
+from autopar.models.moe import GroupedExperts
 
 BLOCK_ELEMENTS = 1 << 20  # values per generator stream: 4 MiB of float32, the most a rank draws beyond its shard
 GPT2_STD = 0.02  # Radford et al. 2019, as nanoGPT and Megatron-LM initialise
@@ -85,6 +88,10 @@ def _rule(module: nn.Module, attr: str, scheme: InitScheme, name: str) -> tuple[
             return (Dist.NORMAL, GPT2_STD) if attr == "weight" else (Dist.ZEROS, 0.0)
         fan_in = math.prod(module.weight.shape[1:])  # (out, in, *kernel): in * kernel
         return Dist.UNIFORM, 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    if isinstance(module, GroupedExperts):  # (E, in, out) stacks: each expert as a Linear of fan-in `in`
+        if scheme is InitScheme.GPT2:
+            return Dist.NORMAL, GPT2_STD
+        return Dist.UNIFORM, 1.0 / math.sqrt(getattr(module, attr).shape[1])
     raise TypeError(f"no initialisation rule for {name} ({type(module).__name__}.{attr}); add one to autopar/models/init.py")
 
 

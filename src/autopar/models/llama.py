@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autopar.models.attention import CoreAttention, DecoderLM, NormHead, merge_heads, on_meta, split_heads
+from autopar.models.moe import MoE
 from autopar.spec.recipe import LlamaSpec
 
 
@@ -78,7 +79,7 @@ class LlamaBlock(nn.Module):
         self.attn_norm = nn.RMSNorm(spec.hidden, eps=1e-5)
         self.attn = LlamaAttention(spec)
         self.ffn_norm = nn.RMSNorm(spec.hidden, eps=1e-5)
-        self.mlp = LlamaMLP(spec)
+        self.mlp = MoE(spec.hidden, spec.ffn, spec.experts, spec.top_k, gated=True) if spec.experts else LlamaMLP(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))

@@ -82,7 +82,8 @@ class NodeFloors:
     def __init__(self, model: CostModel, c: dict, b: int, m: int, periods: Sequence[int]):
         self.model, self.m, self.pp, self.b = model, m, c["pp"], b
         self.base = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], threads=c["threads"], sync=c["sync"],
-                             data_partition=c["data_partition"], subnet=c["subnet"], microbatch=b if m > 1 else None)
+                             data_partition=c["data_partition"], subnet=c["subnet"], ep=c.get("ep", 1),
+                             microbatch=b if m > 1 else None)
         self.periods = tuple(periods)
         self.topo = model.topology(self.base)
         self.rate = model.rate(self.base, self.topo.used_per_node)
@@ -116,7 +117,8 @@ class NodeFloors:
             average = Rank(compute_s=(rs("forward_s", 0, n) + rs("backward_s", 0, n)) / pp, recompute_s=recompute / pp,
                            tp_s=(rs("tp_forward_s", 0, n) + rs("tp_backward_s", 0, n)) / pp, p2p_s=0.0,
                            backward_s=rs("backward_s", 0, n) / pp, params=rs("params", 0, n) / pp,
-                           activation_bytes=rs("activation_bytes", 0, n) / pp, working_bytes=0.0, boundary_bytes=0.0)
+                           activation_bytes=rs("activation_bytes", 0, n) / pp, working_bytes=0.0, boundary_bytes=0.0,
+                           expert_params=rs("expert_params", 0, n) / pp if self.base.ep > 1 else 0.0)
             shares = [x.forward_s / (x.forward_s + x.backward_s) for x in table.costs if x.forward_s + x.backward_s > 0]
             self._sums[key] = _Totals(table.time[-1] - recompute, recompute, p2p, rs("params", 0, n),
                                       rs("activation_bytes", 0, n), unit_max, unit_min, average, min(shares, default=1.0))

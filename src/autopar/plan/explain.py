@@ -21,6 +21,7 @@ _PART_NAMES = {
     "compute": "compute",
     "recompute": "recomputation",
     "tp_comm": "tensor-parallel all-reduces",
+    "ep_comm": "expert-parallel all-to-alls",
     "pp_comm": "pipeline sends",
     "bubble": "the pipeline bubble",
     "dp_comm": "gradient/parameter synchronisation",
@@ -66,7 +67,7 @@ def winner(e: Estimate, model, cluster: Cluster, index: int, best: Estimate) -> 
         parts.append(f"Independent subnetworks: the hidden units are partitioned over {s.dp} workers that train "
                      f"without communicating for {s.sync_every} steps (x{e.steps_factor:.3g} steps to the same loss).")
     else:
-        parts.append(_model_split_text(e, s, one, cap, cluster))
+        parts.append(_model_split_text(e, s, one, cap, cluster, model.facts.experts))
     if s.sync is Sync.ASYNC and s.dp > 1:
         parts.append(f"Local SGD: parameters averaged every {s.sync_every} steps; needs x{e.steps_factor:.3g} steps.")
     top = max(e.time_breakdown_s.items(), key=lambda kv: kv[1])
@@ -82,7 +83,7 @@ def _single_replica_memory(model) -> float:
     return model.estimate(small, check=False).memory_per_device_bytes
 
 
-def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster: Cluster) -> str:
+def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster: Cluster, experts: int = 0) -> str:
     words = []
     if s.tp == 1 and s.pp == 1:
         kind = {0: "replicated", 1: "optimizer states sharded (ZeRO-1)", 2: "gradients and optimizer states sharded (ZeRO-2)",
@@ -108,6 +109,10 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
         if s.dp > 1:
             hsdp = f" (HSDP: shards of {s.dp_shard})" if s.dp_shard else ""
             words.append(f"Data parallel dp={s.dp} over the rest" + (f" with ZeRO-{s.zero}{hsdp}." if s.zero else "."))
+    if s.ep > 1:
+        words.append(f"Expert parallel ep={s.ep}: each MoE layer's {experts} experts are split over groups of {s.ep} "
+                     f"dp ranks ({experts // s.ep} per rank, not sharded or gathered by ZeRO); rows travel by "
+                     f"all-to-all ({_s(e.time_breakdown_s['ep_comm'])} with the busiest rank's extra load).")
     if s.offload and s.devices > 1:
         words.append(f"Host offload keeps every state shard in host memory; the optimizer steps on the host "
                      f"({_s(e.time_breakdown_s['optimizer'])}), copies expose {_s(e.time_breakdown_s['offload'])}.")
@@ -180,6 +185,7 @@ _REPRESENTATIVE = {
     "fully sharded data parallel (ZeRO-3/FSDP)": Strategy(dp=2, zero=3),
     "hybrid sharded data parallel (HSDP)": Strategy(dp=4, zero=3, dp_shard=2),
     "host offload (ZeRO-Offload)": Strategy(zero=3, offload=True),
+    "expert parallel (MoE)": Strategy(dp=2, ep=2),
     "asynchronous data parallel (local SGD)": Strategy(dp=2, sync=Sync.ASYNC, sync_every=4),
     "data parallel by features": Strategy(dp=2, data_partition=DataPartition.FEATURES),
     "independent subnetworks": Strategy(dp=2, subnet=True, sync_every=4),

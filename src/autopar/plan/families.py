@@ -14,6 +14,7 @@ FAMILIES = (
     "fully sharded data parallel (ZeRO-3/FSDP)",
     "hybrid sharded data parallel (HSDP)",
     "host offload (ZeRO-Offload)",
+    "expert parallel (MoE)",
     "asynchronous data parallel (local SGD)",
     "data parallel by features",
     "independent subnetworks",
@@ -26,6 +27,8 @@ FAMILIES = (
 def family_of(s: Strategy) -> str:
     if s.offload:
         return "host offload (ZeRO-Offload)"
+    if s.ep > 1:
+        return "expert parallel (MoE)"
     if s.devices == 1:
         return "single device"
     if s.data_partition is DataPartition.FEATURES:

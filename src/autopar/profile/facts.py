@@ -19,6 +19,7 @@ from autopar.models.attention import CoreAttention
 from autopar.models.gpt import GPT
 from autopar.models.llama import Llama
 from autopar.models.mlp import MLP
+from autopar.models.moe import MoE
 from autopar.models.wide_linear import WideLinear
 from autopar.profile.linears import features
 from autopar.profile.structure import Split
@@ -52,6 +53,9 @@ class ModelFacts:
     pipeline_problem: Optional[str] = None  # why it cannot
     batch_norms: int = 0  # BatchNorm layers: their statistics follow how the batch is cut
     pipeline_skip: int = 1  # graph split: most blocks a gradient-carrying tensor skips (structure.skip_span)
+    experts: int = 0  # mixture of experts: experts per MoE layer (0: dense)
+    top_k: int = 0  # experts each token is routed to
+    expert_modules: tuple[str, ...] = ()  # the GroupedExperts modules (models/moe.py) expert parallelism splits
 
     @property
     def has_tp_plan(self) -> bool:
@@ -64,16 +68,20 @@ class ModelFacts:
     def from_dict(cls, d: dict[str, Any]) -> "ModelFacts":
         return cls(**{**d, "tp_plan": tuple(tuple(x) for x in d["tp_plan"]), "tp_units": tuple(tuple(x) for x in d["tp_units"]),
                       "hidden_widths": tuple(d["hidden_widths"]), "stacks": tuple(d.get("stacks", ())),
-                      "blocks": tuple(d.get("blocks", ()))})
+                      "blocks": tuple(d.get("blocks", ())), "expert_modules": tuple(d.get("expert_modules", ()))})
 
 
 def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: Optional[int], head_units: tuple[tuple[str, int], ...],
                 feature_layer: Optional[str], blocks: tuple[str, ...], mlp_layers: bool, stacks: tuple[str, ...],
-                split: Optional[Split]) -> ModelFacts:
+                split: Optional[Split], moe: Optional[tuple[int, int]] = None) -> ModelFacts:
     """Facts of `module` (any device; meta allocates nothing). `tp_plan` is the declared
     plan or the one the profiler detected; `blocks` the blocks of `stacks` the profile found;
-    `split` how a pipeline cuts them (profile/structure.py)."""
+    `split` how a pipeline cuts them (profile/structure.py); `moe` (experts, top k) of a
+    model whose experts are not models/moe.py's (transformers' own)."""
     feature = module.get_submodule(feature_layer) if feature_layer else None
+    grouped = [(n, m) for n, m in module.named_modules() if isinstance(m, MoE)]
+    if grouped:
+        moe = (grouped[0][1].experts.local_experts, grouped[0][1].top_k)
     return ModelFacts(
         name=name,
         layers=len(blocks),
@@ -90,6 +98,9 @@ def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: 
         pipeline_problem=split.problem if split else "it has no stack of repeated blocks (name one with model.blocks: PATH)",
         pipeline_skip=split.skip_span if split else 1,
         batch_norms=sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()),
+        experts=moe[0] if moe else 0,
+        top_k=moe[1] if moe else 0,
+        expert_modules=tuple(f"{n}.experts" for n, _ in grouped),
     )
 
 
@@ -123,6 +134,8 @@ def hidden_groups(model: nn.Module) -> list[HiddenGroup]:
         return [HiddenGroup((fcs[i],), (fcs[i + 1],), model.layers[i].fc.out_features) for i in range(len(fcs) - 1)]
     if isinstance(model, WideLinear) and len(model.layers) == 2:
         return [HiddenGroup(("layers.0.fc",), ("layers.1",), model.layers[1].in_features)]
+    if isinstance(model, (GPT, Llama)) and any(isinstance(m, MoE) for m in model.modules()):
+        return []  # routed experts, not one hidden layer to partition
     if isinstance(model, GPT):
         return [HiddenGroup((f"layers.{i}.mlp.fc1",), (f"layers.{i}.mlp.fc2",), b.mlp.fc1.out_features) for i, b in enumerate(model.layers)]
     if isinstance(model, Llama):

@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_map
 
 from autopar.errors import InputError
 from autopar.models import ModelDef, build_model, synthetic_batch
+from autopar.models.moe import MoE
 from autopar.profile.facts import model_facts
 from autopar.profile.linears import features
 from autopar.profile.structure import CONTAINERS, block_indices, find_stacks, placeable_layers, split_of
@@ -211,6 +212,7 @@ def _stats(layer, tracer: LayerTracer, styles, args, kwargs, out_bytes, out_mark
         p.numel() for m, s in styles.items() for n, p in m.named_parameters(recurse=False) if not (s is TPStyle.ROWWISE and n == "bias")
     )
     bwd_tp_bytes = sum(r.tp_bwd_inputs.values())
+    expert_params, expert_flops, dispatch = _expert_stats(layer, out_bytes / B)
     return LayerStats(
         kind=type(layer).__name__,
         forward_flops=r.forward_flops / B,
@@ -239,7 +241,27 @@ def _stats(layer, tracer: LayerTracer, styles, args, kwargs, out_bytes, out_mark
         tp_styles=_style_names(layer, styles),
         tp_candidates=_candidates(layer, cores),
         has_core=bool(cores),
+        expert_params=expert_params,
+        expert_flops=expert_flops,
+        dispatch_bytes=dispatch,
     )
+
+
+def _expert_stats(layer: nn.Module, out_bytes: float) -> tuple[int, float, float]:
+    """(routed expert parameters, their forward FLOPs per sample, dispatched bytes per sample)
+    of the MoE layers (models/moe.py) inside a block: each of the block's tokens (its output,
+    (T, h) per sample) is sent to top_k experts, and each (token, choice) row costs two
+    FLOPs per parameter of one expert."""
+    params, flops, sent = 0, 0.0, 0.0
+    for m in layer.modules():
+        if isinstance(m, MoE):
+            n = sum(p.numel() for p in m.experts.parameters())
+            hidden = m.router.in_features
+            rows = out_bytes / (hidden * m.router.weight.element_size()) * m.top_k  # (token, choice) rows per sample
+            params += n
+            flops += 2.0 * rows * n / m.experts.local_experts
+            sent += out_bytes * m.top_k
+    return params, flops, sent
 
 
 def _saved_in_core(r, key, cores) -> bool:
@@ -324,7 +346,7 @@ def profile_module(mdef: ModelDef, dtype: torch.dtype, batch: int = PROFILE_BATC
     plan = dict(mdef.tp_plan) if mdef.tp_plan is not None else detected
     facts = model_facts(root, mdef.name, plan, spec.seq_len if isinstance(spec, (GPTSpec, LlamaSpec)) else None,
                         _head_units(spec) or mdef.head_units or tuple(found_heads.items()), mdef.feature_layer, blocks,
-                        any(is_mlp_layer(p.stats) for p in profiles), stacks, split)
+                        any(is_mlp_layer(p.stats) for p in profiles), stacks, split, mdef.moe)
     if facts.batch_norms:
         notes.append(f"{facts.batch_norms} BatchNorm layers: with dp > 1 they become SyncBatchNorm on CUDA/XPU "
                      "(statistics over the replicas' micro-batch); on CPU (gloo has no SyncBatchNorm) each replica "

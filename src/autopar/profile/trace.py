@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from autopar.errors import InputError
+from autopar.models.moe import GroupedExperts
 from autopar.profile.types import Gemm
 from autopar.spec.enums import TPStyle
 
@@ -285,6 +286,7 @@ class LayerTracer(TorchDispatchMode):
         self.modules = {id(m): m for m in layer.modules()}
         self.names = {id(m): n for n, m in layer.named_modules()}
         self.param_free = {id(m) for m in layer.modules() if not any(True for _ in m.parameters(recurse=True))}
+        self.experts = {id(m) for m in layer.modules() if isinstance(m, GroupedExperts)}
         self.skip_storages = {storage_key(p) for p in layer.parameters()} | {storage_key(b) for b in layer.buffers()}
         self.stack: list[int] = []
         self.backward = False
@@ -396,7 +398,7 @@ class LayerTracer(TorchDispatchMode):
         if flops:
             gemm = self._gemm(packet, args, out, inputs)
             if gemm is not None:
-                r.gemms.append(gemm)
+                r.gemms.append(replace(gemm, expert=True) if any(m in self.experts for m in self.stack) else gemm)
         elif not func.is_view:
             moved = _moved_bytes(packet, inputs, out)
             r.memory_bound_bytes += moved

@@ -28,6 +28,7 @@ class Gemm:
     count: float
     rows_scale_with_batch: bool
     tp_split: str
+    expert: bool = False  # one routed expert's product (models/moe.py): under ep its rows grow ep-fold, its experts per rank fall
 
     def flops_per_sample(self) -> float:
         return 2.0 * self.m * self.n * self.k * self.count
@@ -66,6 +67,10 @@ class LayerStats:
     tp_styles: tuple[tuple[str, str], ...]  # (submodule, TPStyle value) applied in this layer
     tp_candidates: tuple[tuple[str, str], ...]  # (submodule, kind): linear, conv, embedding, attention
     has_core: bool  # a parameter-free attention core submodule exists (selective recompute applies)
+    # mixture of experts (models/moe.py GroupedExperts inside the layer)
+    expert_params: int = 0  # parameters of the routed experts (expert parallelism splits them)
+    expert_flops: float = 0.0  # forward FLOPs of the routed experts, per sample
+    dispatch_bytes: float = 0.0  # rows sent to the experts per sample (tokens x top_k x hidden), one way
 
 
 def is_mlp_layer(stats: LayerStats) -> bool:
@@ -175,7 +180,7 @@ _STATS_FIELDS = tuple(LayerStats.__dataclass_fields__)
 
 
 def _stats_from_dict(raw: dict[str, Any]) -> LayerStats:
-    values = {k: raw[k] for k in _STATS_FIELDS}
+    values = {k: raw[k] for k in _STATS_FIELDS if k in raw}  # fields added later keep their defaults
     values["gemms"] = tuple(Gemm(**g) for g in raw["gemms"])
     values["tp_styles"] = tuple(tuple(x) for x in raw["tp_styles"])
     values["tp_candidates"] = tuple(tuple(x) for x in raw["tp_candidates"])

@@ -24,8 +24,9 @@ Three translations make a rank's keys layout-free:
   - a pipeline rank's chunks go to get_state_dict as one ModuleList; its index is dropped;
   - a weight tied across pipeline stages (GPT's head.out.weight = embed.tok.weight) is saved
     under its first name, which every layout can then find, whichever stage holds it;
-  - the feature partition's weight (a plain tensor of this rank's columns) is saved
-    whole, gathered over dp, and cut back to the rank's columns on load.
+  - a plain tensor holding part of its full tensor (the feature partition's columns, an
+    expert-parallel rank's experts: Parallelized.local_slices) is saved whole, gathered
+    over the ranks holding the other parts, and cut back to the rank's part on load.
 DCP writes a tensor replicated on several ranks once. Loading reads into this rank's own
 layout (DCP reshards), then set_state_dict hands the values to the model and optimizer.
 The optimizer's state carries over; its hyperparameters (lr) are the recipe's.
@@ -58,6 +59,8 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from autopar.errors import InputError
 from autopar.models import build_model
 from autopar.models.init import tied_parameters
+from autopar.runtime.names import clean_name
+from autopar.runtime.parallelized import LocalSlice
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
@@ -287,19 +290,24 @@ def changes_note(saved: dict[str, Any], recipe: Recipe) -> Optional[str]:
 
 
 @dataclass(frozen=True)
-class _Columns:
-    """A weight of which this rank holds columns [lo, hi) (the feature partition): saved whole."""
+class _Piece:
+    """A plain local tensor holding part of one dimension of its full tensor (the feature
+    partition's columns, an expert-parallel rank's experts): saved whole."""
 
-    lo: int
-    hi: int
-    width: int  # the whole weight's columns
-    gather: Callable[[torch.Tensor], torch.Tensor]  # collective over dp
+    part: LocalSlice
+    ndim: int  # the parameter's dimensions: an optimizer state shaped like it is cut too, a step counter not
+    gather: Callable[[torch.Tensor], torch.Tensor]  # collective over the ranks holding the other parts
+
+    def matches(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.dim() == self.ndim
 
     def empty(self, local: torch.Tensor) -> torch.Tensor:
-        return local.new_empty(local.shape[0], self.width)
+        shape = list(local.shape)
+        shape[self.part.dim] = self.part.size
+        return local.new_empty(shape)
 
     def cut(self, whole: torch.Tensor) -> torch.Tensor:
-        return whole[:, self.lo : self.hi]
+        return whole.narrow(self.part.dim, self.part.lo, self.part.hi - self.part.lo)
 
 
 class RankState:
@@ -311,8 +319,8 @@ class RankState:
         self.optimizer = opt.optim if isinstance(opt, ZeroRedundancyOptimizer) else opt  # ZeRO-1: this rank's shard
         self.scaler = scaler
         self.owner = {alias: names[0] for names in ties for alias in names[1:]}
-        fs = par.feature_slice
-        self.columns = {name: _Columns(fs.lo, fs.hi, sum(fs.widths), gather) for name, gather in par.gatherers.items()} if fs else {}
+        dims = {clean_name(n): p.dim() for c in par.chunks for n, p in c.module.named_parameters()}
+        self.pieces = {name: _Piece(part, dims[name], par.gatherers[name]) for name, part in par.local_slices.items() if name in dims}
 
     def save(self, where: Path) -> None:
         local_model, local_optim = get_state_dict(self.parts, self.optimizer, options=_OPTIONS)
@@ -371,19 +379,14 @@ class RankState:
         return view
 
     def _whole(self, name: str, value: Any, whole: bool) -> Any:
-        cols = self.columns.get(name)
-        if cols is None or not _is_matrix(value):
+        piece = self.pieces.get(name)
+        if piece is None or not piece.matches(value):
             return value  # step counters and hyperparameters are the same on every rank
-        return cols.gather(value) if whole else cols.empty(value)
+        return piece.gather(value) if whole else piece.empty(value)
 
     def _local(self, name: str, value: Any) -> Any:
-        cols = self.columns.get(name)
-        return cols.cut(value).contiguous() if cols is not None and _is_matrix(value) else value
-
-
-def _is_matrix(value: Any) -> bool:
-    """The weight, or an optimizer state shaped like it (exp_avg: (out, in)), not a step counter."""
-    return isinstance(value, torch.Tensor) and value.dim() == 2
+        piece = self.pieces.get(name)
+        return piece.cut(value).contiguous() if piece is not None and piece.matches(value) else value
 
 
 # ------------------------------------------------------------------ save and resume

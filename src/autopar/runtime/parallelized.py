@@ -22,6 +22,7 @@ from autopar.models.init import ParamInit, init_table
 from autopar.profile.facts import ModelFacts
 from autopar.runtime.materialize import apply_materialization, on_meta
 from autopar.runtime.mesh import RankContext
+from autopar.runtime.names import clean_name
 from autopar.runtime.precision import PrecisionPlan
 from autopar.spec.recipe import TrainingSpec
 from autopar.spec.strategy import Strategy
@@ -35,6 +36,16 @@ class GradSync(str, Enum):
     NONE = "none"
     DDP = "ddp"
     FSDP = "fsdp"
+
+
+@dataclass(frozen=True)
+class LocalSlice:
+    """A plain local tensor holding [lo, hi) of its full tensor's dimension `dim` (of `size`)."""
+
+    dim: int
+    lo: int
+    hi: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,9 @@ class Parallelized:
     after_backward: list[Callable[[], None]] = field(default_factory=list)
     after_step: list[Callable[[int], None]] = field(default_factory=list)
     gatherers: dict[str, Gatherer] = field(default_factory=dict)  # param name -> full tensor
+    local_slices: dict[str, LocalSlice] = field(default_factory=dict)  # param name -> the part its plain local tensor holds
     ties: list = field(default_factory=list)  # weights tied across pipeline stages
+    dp_ignored: list[str] = field(default_factory=list)  # parameters data parallelism leaves alone (expert-parallel stacks)
     applied: list[str] = field(default_factory=list)
 
     @classmethod
@@ -94,6 +107,12 @@ class Parallelized:
         drawn = sum(apply_materialization(c.module, table, seed, device, self.param_offsets) for c in self.chunks)
         total = sum(math.prod(i.shape) for name, i in table.items() if i.key == name)
         self.applied.append(f"meta_init({self.mdef.init.value}, this rank drew {drawn:,} of {total:,} values)")
+
+    def named_dp_ignored(self, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """(name as `module` spells it, parameter) of the dp_ignored parameters `module` holds
+        (looked up by name: materialization replaces the parameter objects)."""
+        wanted = set(self.dp_ignored)
+        return [(n, p) for n, p in module.named_parameters() if clean_name(n) in wanted]
 
     @property
     def parameters(self) -> list[nn.Parameter]:

@@ -41,6 +41,14 @@ class _TransformerSpec(_Spec):
     vocab: Width
     ffn_hidden: Optional[Width] = None
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    experts: Optional[Annotated[int, Field(ge=2, le=4096)]] = None  # mixture of experts in every block's MLP (models/moe.py)
+    top_k: Annotated[int, Field(ge=1, le=64)] = 2  # experts each token is routed to
+
+    @model_validator(mode="after")
+    def _top_k_within_experts(self):
+        if self.experts is not None and self.top_k > self.experts:
+            raise InputError("top_k", self.top_k, f"must be at most experts ({self.experts}); choose 1..{self.experts}")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self):

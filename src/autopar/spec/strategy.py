@@ -28,6 +28,7 @@ class Strategy:
     zero: int = 0  # ZeRO stage over the dp group: 1 optimizer states, 2 + gradients, 3 + parameters (FSDP)
     dp_shard: Optional[int] = None  # HSDP: ZeRO shards over groups of this many dp ranks, replicated dp / dp_shard times; None: all dp
     offload: bool = False  # ZeRO-3 with parameters, gradients and optimizer states in host memory (FSDP2 CPUOffloadPolicy)
+    ep: int = 1  # expert parallelism: each MoE layer's experts split over groups of ep dp ranks (all-to-all dispatch)
     microbatch: Optional[int] = None  # samples per micro-batch; None: the whole per-replica batch
     schedule: Schedule = Schedule.ONE_F_ONE_B
     virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
@@ -120,7 +121,7 @@ _ENUMS = {
     "sync": Sync,
 }
 _BOOLS = ("sequence_parallel", "subnet", "offload")
-_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "dp_shard": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
+_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "dp_shard": 1, "ep": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
 _NAMES = [f.name for f in fields(Strategy)]
 
 

@@ -9,6 +9,7 @@ Their rules are checked in the same order; the launch (runtime) or the cluster
   folder       Strategy fields                           runtime (PyTorch API)
   pipeline     pp, schedule, virtual_stages, stages      torch.distributed.pipelining
   tensor       tp, sequence_parallel                     DTensor parallelize_module
+  expert       ep                                        experts sliced per rank, all_to_all_single_autograd dispatch
   recompute    recompute                                 checkpoint_wrapper (non-reentrant)
   offload      offload                                   FSDP2 CPUOffloadPolicy (passed to data's fully_shard)
   data         dp, zero, dp_shard                        DDP, FSDP2 fully_shard (HSDP on a 2-D mesh), ZeroRedundancyOptimizer
@@ -34,11 +35,11 @@ from autopar.profile.facts import ModelFacts
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision
 from autopar.spec.strategy import Strategy
-from autopar.techniques import data, features, local_sgd, microbatch, offload, pipeline, recompute, subnet, tensor, threads
+from autopar.techniques import data, expert, features, local_sgd, microbatch, offload, pipeline, recompute, subnet, tensor, threads
 from autopar.techniques.base import Dimension, Predicate, RuleInput, Technique
 
 TECHNIQUES: tuple[Technique, ...] = tuple(
-    m.TECHNIQUE for m in (pipeline, tensor, recompute, offload, data, microbatch, features, local_sgd, subnet, threads)
+    m.TECHNIQUE for m in (pipeline, tensor, expert, recompute, offload, data, microbatch, features, local_sgd, subnet, threads)
 )
 
 

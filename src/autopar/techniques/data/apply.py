@@ -68,7 +68,8 @@ def apply(par: Parallelized) -> None:
     if par.grad_sync is GradSync.FSDP:
         mesh = dp_mesh(ctx.mesh, ctx.dims) if ctx.mesh is not None else init_device_mesh(ctx.device.type, (1,), mesh_dim_names=("dp_shard",))
         for chunk in par.chunks:
-            apply_fsdp(chunk.module, mesh, s.zero, par.precision.fsdp_policy(), par.facts.blocks, par.offload_policy)
+            ignored = {p for _, p in par.named_dp_ignored(chunk.module)}
+            apply_fsdp(chunk.module, mesh, s.zero, par.precision.fsdp_policy(), par.facts.blocks, par.offload_policy, ignored)
         stage = f"zero{3 if s.zero == 3 else 2}"
         if s.dp_shard is not None:
             kind = f"hsdp({stage}, shard={s.dp_shard}, replicas={ctx.dims.replicas})"
@@ -80,7 +81,8 @@ def apply(par: Parallelized) -> None:
         par.materialize()  # DDP broadcasts rank 0's weights: they must exist
         group = dp_group(ctx.mesh, ctx.dims)
         par.applied.append(f"ddp(dp={ctx.dims.dp})")
-        par.chunks = [Chunk(c.stage, apply_ddp(c.module, group, ctx.device)) for c in par.chunks]
+        par.chunks = [Chunk(c.stage, apply_ddp(c.module, group, ctx.device, ignored=[n for n, _ in par.named_dp_ignored(c.module)]))
+                      for c in par.chunks]
         if s.zero == 1:
             par.optimizer = zero1_optimizer(par.parameters, par.training, group)
             par.applied.append("zero1(ZeroRedundancyOptimizer)")
@@ -96,11 +98,15 @@ def sync_batch_norm(par: Parallelized, group) -> str:
     return f"sync_batch_norm({n} layers over dp={par.strategy.dp})"
 
 
-def apply_ddp(module: nn.Module, group, device: torch.device, bucket_cap_mb: int = BUCKET_CAP_MB) -> DDP:
+def apply_ddp(module: nn.Module, group, device: torch.device, bucket_cap_mb: int = BUCKET_CAP_MB,
+              ignored: Sequence[str] = ()) -> DDP:
     """Gradients all-reduced in buckets while backward runs. Buffers of the built-in models
     are constants (causal masks, rotary tables), so they are not re-broadcast every forward.
-    With gradient accumulation or a pipeline only the last micro-batch's backward syncs."""
+    With gradient accumulation or a pipeline only the last micro-batch's backward syncs.
+    `ignored` parameters (names in `module`) are neither broadcast nor reduced."""
     device_ids: Optional[list[int]] = [device.index] if device.type == "cuda" else None
+    if ignored:
+        DDP._set_params_and_buffers_to_ignore_for_model(module, list(ignored))
     return DDP(module, device_ids=device_ids, process_group=group, bucket_cap_mb=bucket_cap_mb, forward_sync_buffers=False)
 
 
@@ -110,11 +116,15 @@ def uses_fsdp(s: Strategy) -> bool:
 
 
 def apply_fsdp(module: nn.Module, mesh: DeviceMesh, zero: int, mp_policy: Optional[MixedPrecisionPolicy],
-               blocks: Optional[Sequence[str]] = None, offload_policy: Optional[OffloadPolicy] = None) -> nn.Module:
+               blocks: Optional[Sequence[str]] = None, offload_policy: Optional[OffloadPolicy] = None,
+               ignored: Optional[set] = None) -> nn.Module:
     """fully_shard each of `blocks` this module holds (default: the blocks of the stacks
-    profile/structure.py finds), then the root; in place (FSDP2 swaps the class)."""
+    profile/structure.py finds), then the root; in place (FSDP2 swaps the class). `ignored`
+    parameters stay as they are (not sharded, not reduced)."""
     reshard = zero == 3
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard}
+    if ignored:
+        kwargs["ignored_params"] = ignored
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
     if offload_policy is not None:

@@ -41,6 +41,8 @@ def shardings(ctx, c: Partial) -> list[Sharding]:
     synchronous = c["sync"] is Sync.SYNC and not c["subnet"] and c["data_partition"] is DataPartition.SAMPLES
     replicas = c["dp"] > 1 and synchronous
     out = [Sharding(0)]
+    if replicas and c.get("ep", 1) > 1:  # split experts: DDP or FSDP2 of the rest (techniques/expert/rules.py)
+        return out + [Sharding(2), Sharding(3)]
     if replicas:
         out += [Sharding(1), Sharding(2), Sharding(3)]
         dpn = ctx.cluster.devices_per_node

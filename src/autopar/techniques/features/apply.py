@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from autopar.runtime.mesh import dp_group
-from autopar.runtime.parallelized import Parallelized
+from autopar.runtime.parallelized import LocalSlice, Parallelized
 from autopar.spec.enums import DataPartition
 
 
@@ -34,6 +34,7 @@ def apply(par: Parallelized) -> None:
     par.feature_slice = part
     par.param_offsets[name] = (0, part.lo)  # its columns start at lo of the full (out, in) weight
     par.gatherers[name] = lambda t: gather_columns(t, part, group)
+    par.local_slices[name] = LocalSlice(1, part.lo, part.hi, sum(part.widths))
     par.applied.append(f"features(dp={s.dp}, columns {part.lo}:{part.hi} of {mdef.feature_layer})")
 
 

@@ -1,0 +1,121 @@
+"""Expert parallelism at run time: each rank keeps experts [r E/ep, (r+1) E/ep) of every
+MoE layer (models/moe.py GroupedExperts), r its place in its ep group, and dispatches rows
+with torch.distributed's autograd all-to-all (torchtitan's ExpertParallel does the same
+with DTensor; here the stacks are plain local tensors, like the feature partition's).
+
+Groups: the dp ranks of one (pp, tp) position are cut into dp / ep groups of ep
+neighbours; rank j of every group holds the same experts, and those dp / ep ranks form
+its replica group.
+
+Forward of one MoE layer on a rank holding `local` experts (N k rows sorted by expert):
+  1. all_to_all_single of the per-expert counts: how many rows each source sends to each
+     of this rank's experts (integers, no gradient);
+  2. all_to_all_single_autograd of the rows: to the rank holding their expert;
+  3. the local experts on the received rows (source-major, expert-minor runs);
+  4. all_to_all_single_autograd back, in the sender's order.
+Gradients: data parallelism skips the split stacks (DDP's ignore list, FSDP2's
+ignored_params); after backward each is summed over its replica group and divided by dp:
+the mean over the global batch, as DDP gives every other parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+from autopar.models.moe import GroupedExperts
+from autopar.runtime.mesh import ParallelDims, global_rank
+from autopar.runtime.names import clean_name
+from autopar.runtime.parallelized import LocalSlice, Parallelized
+
+STACKS = ("w1", "w2", "w3")
+
+
+def apply(par: Parallelized) -> None:
+    s, ctx = par.strategy, par.ctx
+    group, replicas = expert_groups(ctx.dims, s.ep, ctx.coords.pp, ctx.coords.dp, ctx.coords.tp)
+    rank = ctx.coords.dp % s.ep
+    split = 0
+    for chunk in par.chunks:
+        for name, mod in chunk.module.named_modules():
+            if not isinstance(mod, GroupedExperts):
+                continue
+            first = split_experts(mod, rank, s.ep)
+            mod.dispatch = AllToAll(group, s.ep)
+            for attr in STACKS:
+                p = getattr(mod, attr)
+                if p is None:
+                    continue
+                full = clean_name(f"{name}.{attr}")
+                par.param_offsets[full] = (first, *([0] * (p.dim() - 1)))
+                par.gatherers[full] = lambda t, g=group, n=s.ep: gather_experts(t, g, n)
+                par.local_slices[full] = LocalSlice(0, first, first + p.shape[0], p.shape[0] * s.ep)
+                par.dp_ignored.append(full)
+            split += 1
+    par.after_backward.append(lambda: reduce_expert_grads([p for c in par.chunks for _, p in par.named_dp_ignored(c.module)], replicas, s.dp))
+    par.applied.append(f"expert(ep={s.ep}: {split} MoE layers, experts {rank}/{s.ep} of each, all-to-all dispatch)")
+
+
+def expert_groups(dims: ParallelDims, ep: int, pp: int, dp: int, tp: int):
+    """(this rank's ep group, its expert-replica group or None when dp == ep); every rank
+    creates every group, in one order."""
+    outer = dims.dp // ep
+    ep_lists = [[global_rank(dims, p, o * ep + j, t) for j in range(ep)] for p in range(dims.pp) for t in range(dims.tp) for o in range(outer)]
+    group, _ = dist.new_subgroups_by_enumeration(ep_lists)
+    if outer == 1:
+        return group, None
+    replica_lists = [[global_rank(dims, p, o * ep + j, t) for o in range(outer)] for p in range(dims.pp) for t in range(dims.tp) for j in range(ep)]
+    replicas, _ = dist.new_subgroups_by_enumeration(replica_lists)
+    return group, replicas
+
+
+def split_experts(mod: GroupedExperts, rank: int, ep: int) -> int:
+    """Keep experts [rank E/ep, (rank+1) E/ep) of each stack (meta: shapes only); returns the first."""
+    local = mod.local_experts // ep
+    first = rank * local
+    for attr in STACKS:
+        p = getattr(mod, attr)
+        if p is None:
+            continue
+        kept = p.detach()[first : first + local]
+        setattr(mod, attr, nn.Parameter(kept if kept.is_meta else kept.clone(), requires_grad=p.requires_grad))
+    return first
+
+
+class AllToAll:
+    """GroupedExperts.dispatch over an ep group (the module docstring's steps 1-4)."""
+
+    def __init__(self, group, size: int):
+        self.group, self.size = group, size
+
+    def __call__(self, experts: GroupedExperts, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if x.is_meta:  # shape inference (pipeline stages): nothing to send
+            return x.new_empty(x.shape[0], experts.w2.shape[-1])
+        local = experts.local_experts
+        mine = torch.empty_like(counts)  # (ep * local,): rows each source sends to each of my experts
+        dist.all_to_all_single(mine, counts, group=self.group)
+        send = counts.view(self.size, local).sum(1).tolist()
+        received = mine.view(self.size, local)
+        recv = received.sum(1).tolist()
+        rows = all_to_all_single_autograd(x, recv, send, self.group)
+        out = experts.compute(rows, received.reshape(-1).tolist(), list(range(local)) * self.size)
+        return all_to_all_single_autograd(out, send, recv, self.group)
+
+
+def reduce_expert_grads(params: list[nn.Parameter], replicas, dp: int) -> None:
+    """Sum each split stack's gradient over its replicas, then / dp: the global-batch mean."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if replicas is not None:
+            dist.all_reduce(p.grad, group=replicas)
+        p.grad.div_(dp)
+
+
+def gather_experts(local: torch.Tensor, group, ep: int) -> torch.Tensor:
+    """The full stack (E, ...) from every ep rank's slice (collective over the ep group)."""
+    pieces = [torch.empty_like(local) for _ in range(ep)]
+    dist.all_gather(pieces, local.detach().contiguous(), group=group)
+    return torch.cat(pieces)
