@@ -25,8 +25,11 @@ import torch.distributed.checkpoint as dcp
 import yaml
 
 from autopar.cli.main import main
+from autopar.errors import InputError, RunStopped
 from autopar.models import build_model
+from autopar.runtime import checkpoint
 from autopar.spec.recipe import parse_recipe
+from autopar.spec.strategy import Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -254,3 +257,70 @@ def test_two_runs_cannot_share_a_checkpoint_directory(tmp_path, capsys):
     with hold_lock(ckpt):
         assert json.loads((ckpt / ".lock").read_text())["pid"] == os.getpid()
     assert not (ckpt / ".lock").exists()
+
+
+def test_a_directory_autopar_did_not_create_is_resumed_only_when_trusted(tmp_path, capsys):
+    """DCP's .metadata is a pickle: a directory without autopar's marker is refused (nothing
+    written), and adopted with --trust-checkpoint."""
+    recipe, ckpt = _write(tmp_path / "gpt.yaml", _recipe(GPT)), tmp_path / "downloaded"
+    (ckpt / "step-2").mkdir(parents=True)
+    (ckpt / "step-2" / ".metadata").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that would run a command
+    before = _listing(ckpt)
+    _rejected(capsys, recipe, "--strategy", "dp=2", "--steps", "4", "--checkpoint", str(ckpt), hint="was not created by autopar")
+    assert _listing(ckpt) == before
+    assert main(["run", recipe, "--strategy", "dp=2", "--steps", "4", "--checkpoint", str(ckpt), "--trust-checkpoint", "--print-command"]) == 0
+    assert (ckpt / checkpoint.MARKER_FILE).is_file()
+
+
+def test_a_directory_that_cannot_be_created_is_refused_before_training(tmp_path, capsys):
+    recipe, blocker = _write(tmp_path / "gpt.yaml", _recipe(GPT)), tmp_path / "a-file"
+    blocker.write_text("")
+    _rejected(capsys, recipe, "--strategy", "dp=2", "--steps", "2", "--checkpoint", str(blocker / "ckpt"), hint="cannot be written")
+
+
+def test_too_little_free_space_is_found_before_training(tmp_path, monkeypatch):
+    recipe = parse_recipe(_recipe(GPT))
+    need = checkpoint.checkpoint_bytes(recipe)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: type("Usage", (), {"free": int(need) - 1})())
+    with pytest.raises(InputError, match="GB free; one checkpoint of this run takes about"):
+        checkpoint.check(str(tmp_path / "ckpt"), recipe, Strategy(dp=2), 4, None)
+
+
+class _FullDisk:
+    scaler = None
+
+    def save(self, where):
+        raise OSError(28, "No space left on device")
+
+
+def _saver(tmp_path) -> checkpoint.Checkpointer:
+    saver = object.__new__(checkpoint.Checkpointer)  # its parts, without a trainer
+    saver.options, saver.strategy, saver.state, saver.facts = checkpoint.CheckpointOptions(str(tmp_path)), Strategy(), _FullDisk(), {}
+    return saver
+
+
+def test_a_save_on_a_full_disk_stops_in_one_line_and_leaves_the_step_incomplete(tmp_path):
+    with pytest.raises(RunStopped, match=r"saving .*step-3 failed \(No space left on device\); it has no autopar.json"):
+        _saver(tmp_path).save(3)
+    assert checkpoint.latest_step(tmp_path) is None
+
+
+def test_a_non_finite_loss_stops_before_its_state_is_saved(tmp_path):
+    saver = _saver(tmp_path)
+    saver.guard_finite(torch.tensor(2.5), 1)
+    with pytest.raises(RunStopped, match="step 2: the loss is not finite"):
+        saver.guard_finite(torch.tensor(float("nan")), 2)
+
+
+def test_a_diverging_run_stops_with_its_last_finite_checkpoint_intact(tmp_path):
+    """lr 1e30 turns the loss NaN at step 2: every rank stops (exit 1, one line, no traceback)
+    and step 1 is the newest checkpoint, intact."""
+    recipe = _write(tmp_path / "mlp.yaml", {"model": {"family": "mlp", "input_dim": 16, "widths": [32], "classes": 4},
+                                            "data": {"samples": 256}, "training": {"global_batch": 8, "optimizer": "sgd", "lr": 1e30,
+                                                                                   "precision": "fp32"}})
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.run([sys.executable, "-m", "autopar.cli.main", "run", recipe, "--strategy", "dp=2", "--steps", "6",
+                           "--checkpoint", str(ckpt), "--save-every", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "autopar: stopped: step 2: the loss is not finite" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert checkpoint.latest_step(ckpt, verify=True) == 1

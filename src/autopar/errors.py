@@ -15,6 +15,11 @@ class InputError(ValueError):
         super().__init__(f"{_short_text(str(field), 120)}: got {_short(value)}; {_short_text(str(expected), 400)}")
 
 
+class RunStopped(RuntimeError):
+    """A run stopped for a reason one line says (a non-finite loss, a checkpoint that could
+    not be written): the CLI prints it and exits with code 1, no traceback."""
+
+
 def _short(value: Any, limit: int = 80) -> str:
     try:
         text = repr(value)

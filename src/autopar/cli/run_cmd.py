@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ (DCP) and resume from DIR's latest step, under any synchronous strategy")
     p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps (default: at the end only)")
     p.add_argument("--keep", type=int, metavar="K", help="with --checkpoint: keep the newest K complete steps, remove older ones (default: all)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --checkpoint: resume from a directory autopar did not create (its metadata is a pickle: trust it first)")
     p.add_argument("--dtype", choices=("float32", "float64"), help=argparse.SUPPRESS)  # tests train in float64
     p.set_defaults(func=run)
 
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint(args, recipe, strategy, steps)
     strategy = with_stages(recipe, strategy, cluster or local_cluster(recipe, strategy, rdzv.nnodes))  # the predicted layout
     worker = WorkerArgs(args.recipe, strategy, steps, cluster=args.cluster, dtype=args.dtype, json=args.json,
-                        checkpoint=args.checkpoint, save_every=args.save_every, keep=args.keep)
+                        checkpoint=args.checkpoint, save_every=args.save_every, keep=args.keep,
+                        trust_checkpoint=args.trust_checkpoint)
     if args.print_command:
         print(printable(strategy, rdzv, worker))
         return 0
@@ -89,7 +92,7 @@ def check_checkpoint(args: argparse.Namespace, recipe, strategy: Strategy, steps
         raise InputError("--keep", args.keep, "expected an integer >= 1 (complete steps to keep)")
     from autopar.runtime import checkpoint
 
-    start = checkpoint.check(args.checkpoint, recipe, strategy, steps, args.save_every)
+    start = checkpoint.check(args.checkpoint, recipe, strategy, steps, args.save_every, trust=args.trust_checkpoint)
     if start:
         where = checkpoint.step_dir(args.checkpoint, start)
         note = checkpoint.changes_note(checkpoint.read_meta(where), recipe)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from autopar.cli.report import format_report, report_dict
 from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
-from autopar.errors import InputError
+from autopar.errors import InputError, RunStopped
 from autopar.runtime import checkpoint
 from autopar.runtime.launch import LAUNCHER_ENV, USER_PATH_ENV, preflight
 from autopar.runtime.train import RunOptions, train, with_stages
@@ -49,6 +49,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ with DCP and resume from its latest step")
     p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps")
     p.add_argument("--keep", type=int, metavar="K", help="with --checkpoint: keep the newest K complete steps")
+    p.add_argument("--trust-checkpoint", action="store_true", help="with --checkpoint: adopt a directory autopar did not create")
     return p.parse_args(argv)
 
 
@@ -85,7 +86,7 @@ def validate(recipe: Recipe, strategy: Strategy, args: argparse.Namespace) -> No
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     preflight(recipe, strategy, nproc=local_processes * strategy.threads, nnodes=torchrun_nodes())
     if args.checkpoint:
-        checkpoint.check(args.checkpoint, recipe, strategy, args.steps, args.save_every, verify=False)
+        checkpoint.check(args.checkpoint, recipe, strategy, args.steps, args.save_every, verify=False, trust=args.trust_checkpoint)
     elif args.save_every is not None:
         raise InputError("--save-every", args.save_every, "needs --checkpoint DIR (where to save)")
 
@@ -152,6 +153,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except InputError as err:
         print(f"autopar: error: {err}", file=sys.stderr)
         code = 2
+    except RunStopped as err:
+        print(f"autopar: stopped: {err}", file=sys.stderr)
+        code = 1
     except Exception:  # noqa: BLE001 - a failed rank prints its traceback and exits non-zero
         traceback.print_exc()
         code = 1

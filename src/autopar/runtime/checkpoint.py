@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -53,10 +54,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from autopar.errors import InputError
+from autopar.errors import InputError, RunStopped
 from autopar.models import build_model
 from autopar.models.init import tied_parameters
 from autopar.runtime.names import clean_name
@@ -66,6 +68,7 @@ from autopar.spec.strategy import Strategy
 
 META_FILE = "autopar.json"
 LOCK_FILE = ".lock"
+MARKER_FILE = ".autopar-checkpoint"  # written into every checkpoint directory autopar creates (check_trusted)
 _STEP_DIR = re.compile(r"step-(\d+)")
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -224,11 +227,41 @@ def run_facts(recipe: Recipe, model: Optional[nn.Module] = None) -> dict[str, An
     return {"model": shapes, "optimizer": recipe.training.optimizer.value, "lr": recipe.training.lr, "data": data}
 
 
-def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: Optional[int], verify: bool = True) -> int:
+def check_trusted(root: Path, trust: bool) -> None:
+    """Resume only from a directory autopar made (its MARKER_FILE) or one the user vouches for
+    (--trust-checkpoint): DCP's .metadata is a pickle, and unpickling runs code."""
+    marker = root / MARKER_FILE
+    if marker.is_file():
+        return
+    foreign = [p.name for p in root.iterdir() if p.name not in (LOCK_FILE, MARKER_FILE) and not p.name.startswith(".probe-")]
+    if foreign and not trust:
+        raise InputError("--checkpoint", str(root), f"was not created by autopar (no {MARKER_FILE}; holds {', '.join(sorted(foreign)[:3])}): "
+                                                    "checkpoint metadata is a pickle, which runs code when loaded; "
+                                                    "pass --trust-checkpoint if you trust this directory")
+    _write_atomic(marker, json.dumps({"created_by": "autopar", "host": socket.gethostname()}))
+
+
+def checkpoint_bytes(recipe: Recipe) -> float:
+    """About one checkpoint step of this run: every parameter and its optimizer states in fp32."""
+    numel = sum(math.prod(shape) for shape in run_facts(recipe)["model"].values())
+    return numel * 4.0 * (1 + recipe.training.optimizer.state_floats_per_param)
+
+
+def check_free_space(root: Path, recipe: Recipe) -> None:
+    """A full disk found before training, not at the first save."""
+    need, free = checkpoint_bytes(recipe), shutil.disk_usage(root).free
+    if free < need:
+        raise InputError("--checkpoint", str(root), f"has {free / 1e9:.3g} GB free; one checkpoint of this run takes about "
+                                                    f"{need / 1e9:.3g} GB (fp32 parameters and optimizer states): free space or use another directory")
+
+
+def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: Optional[int], verify: bool = True,
+          trust: bool = False) -> int:
     """The step a run with --checkpoint starts at (0: nothing to resume); InputError before
     anything is written if the directory, the strategy or the saved run does not fit.
     `verify`: read every file against its checksum (the launcher does; workers leave it to
-    rank 0's resume, which verifies once for all ranks)."""
+    rank 0's resume, which verifies once for all ranks). `trust`: adopt a directory autopar
+    did not create (check_trusted)."""
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise InputError("--checkpoint", directory, "is a file; expected a directory (created if missing) to hold step-<k>/ checkpoints")
@@ -238,6 +271,8 @@ def check(directory: str, recipe: Recipe, s: Strategy, steps: int, save_every: O
     if reason:
         raise InputError("--checkpoint", s.to_text(), reason)
     check_writable(root)
+    check_trusted(root, trust)
+    check_free_space(root, recipe)
     newest, last = latest_step(root), latest_step(root, verify=verify)
     if newest is not None and newest != last:
         problem = damage(step_dir(root, newest))
@@ -416,6 +451,17 @@ class Checkpointer:
         self.state.load(where, with_scaler=read_meta(where).get("grad_scaler", False))
         return step
 
+    def guard_finite(self, loss: torch.Tensor, step: int) -> None:
+        """Stop before a non-finite state is saved: every rank learns whether any rank's loss
+        (the last stage's, others report 0) is NaN or infinite."""
+        bad = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0])
+        if dist.is_initialized():
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            newest = latest_step(self.options.directory)
+            raise RunStopped(f"step {step}: the loss is not finite ({float(loss)} on this rank); stopped before saving that state "
+                             f"(newest checkpoint: {step_dir(self.options.directory, newest) if newest is not None else 'none'})")
+
     def after_step(self, done: int, total: int) -> None:
         if self.options.due(done, total):
             self.save(done)
@@ -423,18 +469,32 @@ class Checkpointer:
     def save(self, step: int) -> Path:
         """Every rank writes its shards; rank 0 then marks the step directory complete."""
         where = step_dir(self.options.directory, step)
-        self.state.save(where)
+        try:
+            self.state.save(where)
+        except (OSError, RuntimeError, CheckpointException) as err:  # a full or failing disk: DCP raises on every rank
+            raise RunStopped(self._failed(where, err)) from None
         distributed = dist.is_initialized()
         if distributed:
             dist.barrier()  # every rank's files are written before they are hashed
         if not distributed or dist.get_rank() == 0:
             meta = {"step": step, "strategy": self.strategy.to_text(), "grad_scaler": self.state.scaler is not None, **self.facts,
                     "files": file_digests(where)}
-            _write_atomic(where / META_FILE, json.dumps(meta, indent=1))
+            try:
+                _write_atomic(where / META_FILE, json.dumps(meta, indent=1))
+            except OSError as err:
+                raise RunStopped(self._failed(where, err)) from None
             self._retire(step)
         if distributed:
             dist.barrier()  # no rank looks for the latest step before it is complete
         return where
+
+    def _failed(self, where: Path, err: BaseException) -> str:
+        """One line for a save that failed: the cause (its first line, e.g. 'No space left on
+        device'), and that the step stays incomplete, so resume skips it."""
+        cause = next((line.strip() for line in str(getattr(err, "strerror", None) or err).splitlines() if line.strip()), type(err).__name__)
+        newest = latest_step(self.options.directory)
+        return (f"saving {where} failed ({cause[:200]}); it has no {META_FILE}, so resume skips it "
+                f"(newest complete step: {newest if newest is not None else 'none'})")
 
     def _retire(self, newest: int) -> None:
         """Keep the newest `keep` complete steps (--keep); older ones are removed, oldest first."""

@@ -60,6 +60,7 @@ class WorkerArgs:
     checkpoint: Optional[str] = None  # DCP directory (see checkpoint.py)
     save_every: Optional[int] = None
     keep: Optional[int] = None
+    trust_checkpoint: bool = False
 
     def argv(self) -> list[str]:
         out = ["--recipe", str(Path(self.recipe).resolve()), "--strategy", self.strategy.to_text(), "--steps", str(self.steps)]
@@ -77,6 +78,8 @@ class WorkerArgs:
             out += ["--save-every", str(self.save_every)]
         if self.keep is not None:
             out += ["--keep", str(self.keep)]
+        if self.trust_checkpoint:
+            out += ["--trust-checkpoint"]
         return out
 
 

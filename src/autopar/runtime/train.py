@@ -83,6 +83,7 @@ def train(recipe: Recipe, s: Strategy, options: RunOptions, device: torch.device
         if options.on_step:
             options.on_step(i + 1, options.steps, log.times[-1])
         if saver:
+            saver.guard_finite(loss, i + 1)
             saver.after_step(i + 1, options.steps)
     return log.result(trainer, s, recipe, first)
 
