@@ -32,6 +32,7 @@ LLAMA_7B = {"family": "llama", "layers": 32, "hidden": 4096, "heads": 32, "seq_l
 GPT3 = {"family": "gpt", "layers": 96, "hidden": 12288, "heads": 96, "seq_len": 2048, "vocab": 51200, "dropout": 0.1}
 MOE_16 = {"family": "llama", "layers": 16, "hidden": 2048, "heads": 16, "seq_len": 2048, "vocab": 32000, "experts": 16, "top_k": 2,
           "ffn_hidden": 4096}
+LLAMA_32K = {"family": "llama", "layers": 16, "hidden": 2048, "heads": 16, "kv_heads": 4, "seq_len": 32768, "vocab": 32000}
 V100_16 = {"preset": "v100-pcie-node", "device": {"name": "v100-16gb", "memory_GB": 16, "peak_tflops": {"fp32": 15.7, "fp16": 125},
                                                   "memory_bandwidth_GBps": 900}, "nodes": 1}
 DGX = {"preset": "dgx-a100-80gb"}
@@ -50,6 +51,8 @@ CASES = {  # name: (model, global batch, training keys, cluster, --fix, objectiv
                                           {**DGX, "nodes": 1, "devices_per_node": 1}, None, Objective.TIME),
     "16-expert moe, 2 nodes, batch 16 (expert parallel)": (MOE_16, 16, {"optimizer": "adam", "precision": "bf16"}, {**DGX, "nodes": 2},
                                                           None, Objective.TIME),
+    "llama-1b at 32k tokens, 2 nodes (context parallel)": (LLAMA_32K, 8, {"optimizer": "adam", "precision": "bf16"}, {**DGX, "nodes": 2},
+                                                           None, Objective.TIME),
     "gpt-1.3b, 2 nodes, throughput": (GPT_1B, 64, {"optimizer": "adam", "precision": "bf16"}, {**DGX, "nodes": 2}, None,
                                       Objective.THROUGHPUT),
 }

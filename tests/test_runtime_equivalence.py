@@ -65,6 +65,9 @@ EQUIVALENT_2 = [
     # expert parallelism: experts split over the dp ranks, rows sent by all-to-all (techniques/expert)
     _case("moe", MOE, ["dp=2,ep=2", "dp=2,ep=2,zero=3,microbatch=2", "dp=2,ep=2,zero=2,recompute=full", "tp=2"]),
     _case("gpt-moe", {**GPT, "experts": 4, "top_k": 1}, ["dp=2,ep=2"]),
+    # context parallelism: each sample's 16 positions in zigzag chunks over 2 ranks, K/V all-gathered (techniques/context)
+    _case("gpt-cp", GPT, ["cp=2", "cp=2,zero=3", "cp=2,microbatch=2,recompute=selective"]),
+    _case("llama-cp", LLAMA, ["cp=2,zero=2,recompute=full"], optimizer="adamw"),
     # a vocabulary tp does not divide (65 over 2 ranks: 33 + 32 rows), as GPT-2's 50257
     _case("odd-vocab", {**GPT, "vocab": 65}, ["tp=2", "tp=2,sequence_parallel=true"]),
     # a user module with no tp_plan: tensor parallelism splits the Linear pairs the profiler finds
@@ -84,6 +87,9 @@ EQUIVALENT_4 = [
     _case("wide", {"family": "wide_linear", "input_dim": 18, "hidden": 8, "classes": 3}, ["dp=4,data_partition=features"]),
     # ep=2 of dp=4: two replicas of each expert half, their gradients summed across the replica pair
     _case("moe", MOE, ["dp=4,ep=2", "dp=4,ep=4,zero=3", "dp=2,tp=2,ep=2", "pp=2,dp=2,ep=2,microbatch=2"]),
+    # cp with dp, tp and pp (a tied embedding/head across stages: its gradient group per (dp, cp, tp))
+    _case("gpt-cp", GPT, ["dp=2,cp=2", "cp=4", "tp=2,cp=2,zero=3", "pp=2,cp=2,zero=2,microbatch=2"]),
+    _case("llama-cp", LLAMA, ["dp=2,cp=2,zero=1", "tp=2,cp=2,zero=2"], optimizer="adamw"),
 ]
 EQUIVALENT_8 = [
     _case("gpt", GPT, [

@@ -36,14 +36,15 @@ class LayerCosts:
     working_bytes: float  # extra while this layer's backward runs (full recompute)
     output_bytes: float  # sent to the next stage, one micro-batch
     ep_s: float = 0.0  # expert parallelism: all-to-all dispatch and the busiest rank's extra expert compute
+    cp_s: float = 0.0  # context parallelism: the keys' and values' all-gather and its backward reduce-scatter
     expert_params: float = 0.0  # routed-expert parameters held on this rank (ep > 1: experts / ep of them)
 
     @property
     def time_s(self) -> float:
-        return self.forward_s + self.backward_s + self.recompute_s + self.tp_forward_s + self.tp_backward_s + self.ep_s
+        return self.forward_s + self.backward_s + self.recompute_s + self.tp_forward_s + self.tp_backward_s + self.ep_s + self.cp_s
 
 
-FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward_s", "params", "activation_bytes", "ep_s", "expert_params")
+FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward_s", "params", "activation_bytes", "ep_s", "expert_params", "cp_s")
 
 
 def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompute, rate: DeviceRate,

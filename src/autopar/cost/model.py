@@ -35,6 +35,7 @@ from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 from autopar.techniques import check_strategy
+from autopar.techniques.context import cost as context_cost
 from autopar.techniques.data import cost as data_cost
 from autopar.techniques.features import cost as features_cost
 from autopar.techniques.local_sgd import cost as local_sgd_cost
@@ -57,6 +58,7 @@ class Topology:
     replicate: Optional[coll.Placement] = None
     ep: Optional[coll.Placement] = None  # expert parallelism: the ep group and the ranks holding the same experts
     expert_replicas: Optional[coll.Placement] = None
+    cp: Optional[coll.Placement] = None  # context parallelism: the ranks holding pieces of the same samples
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,12 @@ class Rank:
     working_bytes: float
     boundary_bytes: float
     ep_s: float = 0.0  # expert-parallel all-to-alls and imbalance
+    cp_s: float = 0.0  # context-parallel K/V all-gathers
     expert_params: float = 0.0  # routed-expert parameters held (ep > 1: not sharded by ZeRO, reduced over their replicas)
 
     @property
     def time_s(self) -> float:  # one micro-batch through the rank
-        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s + self.ep_s
+        return self.compute_s + self.recompute_s + self.tp_s + self.p2p_s + self.ep_s + self.cp_s
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class CostModel:
             "recompute": m * slow.recompute_s,
             "tp_comm": m * slow.tp_s,
             "ep_comm": m * slow.ep_s,
+            "cp_comm": m * slow.cp_s,
             "pp_comm": m * slow.p2p_s,
             "bubble": bubble_s,
             "dp_comm": self._sync_s(s, rs.distinct, m, topo),
@@ -216,7 +220,7 @@ class CostModel:
     def _sync_s(self, s: Strategy, ranks: Sequence[Rank], m: int, topo: Topology) -> float:
         """Exposed gradient / parameter synchronisation of one step: each pipeline rank's dp
         group synchronises its own layers, and the step waits for the one exposing most."""
-        if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
+        if s.dp * s.cp == 1 or s.data_partition is DataPartition.FEATURES:
             return 0.0
         return max(self.rank_sync_s(s, r, m, topo) for r in ranks)
 
@@ -227,7 +231,7 @@ class CostModel:
         exposes less than DDP would. With `last_bucket_waits=False` (no one-bucket minimum) it
         is convex in the rank's (params, times), so plan/bounds.py bounds the maximum over
         ranks by its value at their average (Jensen's inequality)."""
-        if s.dp == 1 or s.data_partition is DataPartition.FEATURES:
+        if s.dp * s.cp == 1 or s.data_partition is DataPartition.FEATURES:
             return 0.0
         cl, eff, (p, g, _) = self.cluster, self.eff, self.per_param
         if s.subnet:
@@ -294,7 +298,7 @@ class CostModel:
         if s.offload:  # every shard in host memory (host_bytes_per_node)
             states = data_cost.StateBytes(0.0, 0.0, 0.0)
         buffers = 2 * rank.boundary_bytes
-        if s.dp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
+        if s.dp * s.cp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
             buffers += 2 * data_cost.DDP_BUCKET_BYTES  # DDP buckets in flight
         if s.zero >= 3:  # a layer's gathered parameters, and the next one prefetched
             buffers += 2 * table.max_params * self.per_param[0]
@@ -355,8 +359,8 @@ class CostModel:
 
     def _shard_group(self, s: Strategy) -> int:
         """Ranks ZeRO shards over: the dp group of synchronous sample-parallel replicas (HSDP:
-        its shard group)."""
-        return s.shard_size if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
+        its shard group; with context parallelism, dp x cp: FSDP2 shards over the flattened group)."""
+        return s.shard_size * s.cp if s.data_partition is DataPartition.SAMPLES and not s.subnet and s.sync is Sync.SYNC else 1
 
     def state_bytes_per_param(self, s: Strategy) -> float:
         """Device bytes of model states per parameter (offload: none stay on the device)."""
@@ -387,7 +391,7 @@ class CostModel:
         dpn = self.cluster.devices_per_node
         used_per_node = min(dpn, s.devices)
         tp = coll.place(s.tp, s.threads, dpn, used_per_node)
-        dp = coll.place(s.dp, s.threads * s.tp, dpn, used_per_node)
+        dp = coll.place(s.dp * s.cp, s.threads * s.tp, dpn, used_per_node)  # gradients: over the dp x cp ranks
         shard = replicate = None
         if s.dp_shard is not None:
             shard = coll.place(s.dp_shard, s.threads * s.tp, dpn, used_per_node)
@@ -396,7 +400,8 @@ class CostModel:
         if s.ep > 1:  # ep neighbouring dp ranks (stride tp), and the dp / ep ranks holding the same experts
             ep = coll.place(s.ep, s.threads * s.tp, dpn, used_per_node)
             expert_replicas = coll.place(s.dp // s.ep, s.threads * s.tp * s.ep, dpn, used_per_node)
-        return Topology(tp, dp, s.threads * s.tp * s.dp >= dpn and s.pp > 1, used_per_node, shard, replicate, ep, expert_replicas)
+        cp = coll.place(s.cp, s.threads * s.tp, dpn, used_per_node) if s.cp > 1 else None
+        return Topology(tp, dp, s.threads * s.tp * s.dp * s.cp >= dpn and s.pp > 1, used_per_node, shard, replicate, ep, expert_replicas, cp)
 
     def rate(self, s: Strategy, used_per_node: int) -> DeviceRate:
         dev = self.cluster.device
@@ -416,14 +421,17 @@ class CostModel:
         subnet_split = s.dp if s.subnet else 1
         feature_split = s.dp if s.data_partition is DataPartition.FEATURES else 1
         key = (b, s.tp, s.sequence_parallel, s.recompute, rate, topo.tp, subnet_split, feature_split, topo.dp if feature_split > 1 else None,
-               topo.ep if s.ep > 1 else None)
+               topo.ep if s.ep > 1 else None, topo.cp if s.cp > 1 else None)
         table = self._tables.get(key)
         if table is None:
             table = self._tables[key] = LayerTable(self._layer_costs(s, b, topo, rate))
         return table
 
     def _layer_costs(self, s: Strategy, b: int, topo: Topology, rate: DeviceRate) -> list:
+        """Per layer, one micro-batch of b samples on one rank; with context parallelism each
+        rank computes 1/cp of every sample's tokens (context/cost.py): costs at b / cp samples."""
         cl, eff = self.cluster, self.eff
+        share = b / s.cp
         by_stats: dict[tuple, Any] = {}
         costs = []
         for i, stats in enumerate(self.stats):
@@ -436,10 +444,13 @@ class CostModel:
                     by_stats[key] = features_cost.feature_layer_costs(stats, b, s.dp, s.recompute, rate, eff,
                                                                       lambda n: coll.all_reduce_s(n, topo.dp, cl, eff))
                 else:
-                    by_stats[key] = layer_costs(stats, b, s.tp, s.sequence_parallel, s.recompute, rate, eff,
+                    by_stats[key] = layer_costs(stats, share, s.tp, s.sequence_parallel, s.recompute, rate, eff,
                                                 lambda n: coll.all_reduce_s(n, topo.tp, cl, eff),
                                                 tp_module_overhead_s=cl.device.tp_module_overhead_s, ep=s.ep,
                                                 all_to_all=lambda n: coll.all_to_all_s(n, topo.ep, cl, eff))
+                    if s.cp > 1 and stats.kv_bytes:
+                        by_stats[key] = replace(by_stats[key], cp_s=context_cost.kv_exchange_s(
+                            stats.kv_bytes * b / s.tp, lambda n: coll.all_gather_s(n, topo.cp, cl, eff)))
             costs.append(by_stats[key])
         return costs
 
@@ -490,15 +501,16 @@ class CostModel:
         if s.pp > 1:
             p2p = pipeline_cost.p2p_s(chunks, lambda i: table.costs[i].output_bytes, self.n_layers, s.tp, s.sequence_parallel,
                                       topo.pp_crosses_nodes, topo.used_per_node, topo.tp, self.cluster, self.eff)
-        fwd, bwd, rec, tpf, tpb, eps = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s",
-                                                                  "tp_backward_s", "ep_s"))
-        sums = [0.0] * 5
+        fwd, bwd, rec, tpf, tpb, eps, cps = (table.prefix[f] for f in ("forward_s", "backward_s", "recompute_s", "tp_forward_s",
+                                                                       "tp_backward_s", "ep_s", "cp_s"))
+        sums = [0.0] * 6
         for a, e in chunks:  # one pass over the chunks, prefix-sum differences
             sums[0] += fwd[e] - fwd[a]
             sums[1] += bwd[e] - bwd[a]
             sums[2] += rec[e] - rec[a]
             sums[3] += tpf[e] - tpf[a] + tpb[e] - tpb[a]
             sums[4] += eps[e] - eps[a]
+            sums[5] += cps[e] - cps[a]
         held = self._rank_bytes(s, table, chunks)
         return Rank(
             compute_s=sums[0] + sums[1],
@@ -511,6 +523,7 @@ class CostModel:
             working_bytes=held.working_bytes,
             boundary_bytes=held.boundary_bytes,
             ep_s=sums[4],
+            cp_s=sums[5],
             expert_params=held.expert_params,
         )
 

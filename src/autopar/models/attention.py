@@ -8,6 +8,7 @@ dropout and the product with V (Korthikanti et al. 2022, Sec. 5).
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,11 @@ class CoreAttention(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.register_buffer("mask", torch.empty(seq_len, seq_len, dtype=torch.bool), persistent=False)
+        # context parallelism (techniques/context/apply.py): this rank's query positions (T_local,),
+        # every rank's key positions in gathered order (T,), and the all-gather along the sequence
+        self.positions: Optional[torch.Tensor] = None
+        self.key_positions: Optional[torch.Tensor] = None
+        self.gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         if not on_meta():  # on meta: shapes only (`triu` there costs seconds of decomposition)
             self.init_buffers()
 
@@ -32,8 +38,14 @@ class CoreAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         T = q.shape[-2]
-        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T, T)
-        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+        if self.gather is not None:  # local queries against every rank's keys: causal by position
+            if k.shape[-2] == T:  # not gathered by the caller yet (Llama gathers its kv heads before repeating them)
+                k, v = self.gather(k), self.gather(v)  # (B, nh, T_local, hd) -> (B, nh, T, hd)
+            mask = self.key_positions[None, :] > self.positions[:, None]  # (T_local, T)
+        else:
+            mask = self.mask[:T, :T]
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T_q, T_k)
+        scores = scores.masked_fill(mask, float("-inf"))
         probs = self.dropout(F.softmax(scores, dim=-1))
         return probs @ v  # (B, nh, T, hd)
 

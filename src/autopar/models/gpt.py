@@ -7,6 +7,8 @@ shard each by columns (one head group per rank).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,9 +24,10 @@ class GPTEmbedding(nn.Module):
         self.tok = nn.Embedding(spec.vocab, spec.hidden)
         self.pos = nn.Embedding(spec.seq_len, spec.hidden)
         self.drop = dropout_or_identity(spec.dropout)
+        self.positions: Optional[torch.Tensor] = None  # context parallelism: the positions this rank's tokens hold
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, h)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        positions = self.positions if self.positions is not None else torch.arange(tokens.shape[1], device=tokens.device)
         return self.drop(self.tok(tokens) + self.pos(positions))
 
 

@@ -6,6 +6,8 @@ meta device handle them. Parameters per layer: h*(h + 2*kv*hd) + h*h + 3*h*ffn +
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +48,7 @@ class LlamaAttention(nn.Module):
         cos, sin = rotary_tables(spec.seq_len, hd)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self.positions: Optional[torch.Tensor] = None  # context parallelism: the positions this rank's tokens hold
 
     def init_buffers(self) -> None:
         cos, sin = rotary_tables(self.cos.shape[0], self.head_dim)  # float32 on the CPU, then cast
@@ -53,9 +56,12 @@ class LlamaAttention(nn.Module):
         self.sin.copy_(sin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = apply_rotary(split_heads(self.wq(x), self.head_dim), self.cos, self.sin)
-        k = apply_rotary(split_heads(self.wk(x), self.head_dim), self.cos, self.sin)
+        cos, sin = (self.cos, self.sin) if self.positions is None else (self.cos[self.positions], self.sin[self.positions])
+        q = apply_rotary(split_heads(self.wq(x), self.head_dim), cos, sin)
+        k = apply_rotary(split_heads(self.wk(x), self.head_dim), cos, sin)
         v = split_heads(self.wv(x), self.head_dim)
+        if self.core.gather is not None:  # context parallel: gather the kv heads before they are repeated (n_rep x fewer bytes)
+            k, v = self.core.gather(k), self.core.gather(v)
         if self.n_rep > 1:  # (B, kv, T, hd) -> (B, kv*n_rep, T, hd)
             k = k.repeat_interleave(self.n_rep, dim=1)
             v = v.repeat_interleave(self.n_rep, dim=1)

@@ -82,7 +82,7 @@ class NodeFloors:
     def __init__(self, model: CostModel, c: dict, b: int, m: int, periods: Sequence[int]):
         self.model, self.m, self.pp, self.b = model, m, c["pp"], b
         self.base = Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], threads=c["threads"], sync=c["sync"],
-                             data_partition=c["data_partition"], subnet=c["subnet"], ep=c.get("ep", 1),
+                             data_partition=c["data_partition"], subnet=c["subnet"], ep=c.get("ep", 1), cp=c.get("cp", 1),
                              microbatch=b if m > 1 else None)
         self.periods = tuple(periods)
         self.topo = model.topology(self.base)

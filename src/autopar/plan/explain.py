@@ -22,6 +22,7 @@ _PART_NAMES = {
     "recompute": "recomputation",
     "tp_comm": "tensor-parallel all-reduces",
     "ep_comm": "expert-parallel all-to-alls",
+    "cp_comm": "context-parallel key/value all-gathers",
     "pp_comm": "pipeline sends",
     "bubble": "the pipeline bubble",
     "dp_comm": "gradient/parameter synchronisation",
@@ -113,6 +114,10 @@ def _model_split_text(e: Estimate, s: Strategy, one: float, cap: float, cluster:
         words.append(f"Expert parallel ep={s.ep}: each MoE layer's {experts} experts are split over groups of {s.ep} "
                      f"dp ranks ({experts // s.ep} per rank, not sharded or gathered by ZeRO); rows travel by "
                      f"all-to-all ({_s(e.time_breakdown_s['ep_comm'])} with the busiest rank's extra load).")
+    if s.cp > 1:
+        words.append(f"Context parallel cp={s.cp}: each sample's sequence is split over {s.cp} ranks (zigzag chunks, "
+                     f"balanced causal work), each holding 1/{s.cp} of its activations; attention gathers keys and values "
+                     f"({_s(e.time_breakdown_s['cp_comm'])}).")
     if s.offload and s.devices > 1:
         words.append(f"Host offload keeps every state shard in host memory; the optimizer steps on the host "
                      f"({_s(e.time_breakdown_s['optimizer'])}), copies expose {_s(e.time_breakdown_s['offload'])}.")
@@ -186,6 +191,7 @@ _REPRESENTATIVE = {
     "hybrid sharded data parallel (HSDP)": Strategy(dp=4, zero=3, dp_shard=2),
     "host offload (ZeRO-Offload)": Strategy(zero=3, offload=True),
     "expert parallel (MoE)": Strategy(dp=2, ep=2),
+    "context parallel (long sequences)": Strategy(cp=2),
     "asynchronous data parallel (local SGD)": Strategy(dp=2, sync=Sync.ASYNC, sync_every=4),
     "data parallel by features": Strategy(dp=2, data_partition=DataPartition.FEATURES),
     "independent subnetworks": Strategy(dp=2, subnet=True, sync_every=4),

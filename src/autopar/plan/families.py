@@ -15,6 +15,7 @@ FAMILIES = (
     "hybrid sharded data parallel (HSDP)",
     "host offload (ZeRO-Offload)",
     "expert parallel (MoE)",
+    "context parallel (long sequences)",
     "asynchronous data parallel (local SGD)",
     "data parallel by features",
     "independent subnetworks",
@@ -29,6 +30,8 @@ def family_of(s: Strategy) -> str:
         return "host offload (ZeRO-Offload)"
     if s.ep > 1:
         return "expert parallel (MoE)"
+    if s.cp > 1:
+        return "context parallel (long sequences)"
     if s.devices == 1:
         return "single device"
     if s.data_partition is DataPartition.FEATURES:

@@ -81,11 +81,11 @@ class _Search:
 
     def family(self, c: dict, zero: Sharding) -> str:
         """The family of a structure's settings with one sharding (memoised: it reads only these)."""
-        key = (c["dp"], c["tp"], c["pp"], c["sync"], c["data_partition"], c["subnet"], c["threads"], c.get("ep", 1), zero)
+        key = (c["dp"], c["tp"], c["pp"], c["sync"], c["data_partition"], c["subnet"], c["threads"], c.get("ep", 1), c.get("cp", 1), zero)
         if key not in self._families:
             self._families[key] = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), sync=c["sync"],
                                                      data_partition=c["data_partition"], subnet=c["subnet"], threads=c["threads"],
-                                                     ep=c.get("ep", 1)))
+                                                     ep=c.get("ep", 1), cp=c.get("cp", 1)))
         return self._families[key]
 
     def consider(self, s: Strategy) -> Optional[Estimate]:
@@ -347,7 +347,7 @@ def _price_leaf(search: _Search, leaf: _Leaf) -> None:
 def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Recompute, zero: Sharding, period: int) -> Strategy:
     return Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), microbatch=b if m > 1 else None, schedule=sched,
                     virtual_stages=v, recompute=rc, sequence_parallel=sp, data_partition=c["data_partition"], sync=c["sync"],
-                    sync_every=period, subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1))
+                    sync_every=period, subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1), cp=c.get("cp", 1))
 
 
 def _note_leanest(search: _Search, n: _Node) -> None:
@@ -387,7 +387,7 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
         if any(k in c and c[k] != v for k, v in fixed.items()):
             continue
         fam = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], sync=c["sync"], data_partition=c["data_partition"],
-                                 subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1)))
+                                 subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1), cp=c.get("cp", 1)))
         if not microbatches(ctx, c):  # a pipeline needs pp micro-batches of at least one sample each
             local = ctx.global_batch // c["dp"]
             search.family_problem.setdefault(fam, f"per-replica batch {local} < pp {c['pp']}: a pipeline of {c['pp']} stages "

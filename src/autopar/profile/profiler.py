@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_map
 
 from autopar.errors import InputError
 from autopar.models import ModelDef, build_model, synthetic_batch
+from autopar.models.llama import LlamaAttention
 from autopar.models.moe import MoE
 from autopar.profile.facts import model_facts
 from autopar.profile.linears import features
@@ -244,7 +245,15 @@ def _stats(layer, tracer: LayerTracer, styles, args, kwargs, out_bytes, out_mark
         expert_params=expert_params,
         expert_flops=expert_flops,
         dispatch_bytes=dispatch,
+        kv_bytes=_kv_bytes(layer, sum(core_in.values()) / B),
     )
+
+
+def _kv_bytes(layer: nn.Module, core_in_bytes: float) -> float:
+    """Keys and values context parallelism gathers, per sample: q, k and v enter each core with
+    one shape (2/3 of its inputs); Llama gathers its kv heads before repeating them (/ n_rep)."""
+    grouped = next((m for m in layer.modules() if isinstance(m, LlamaAttention)), None)
+    return 2.0 / 3.0 * core_in_bytes / (grouped.n_rep if grouped is not None else 1)
 
 
 def _expert_stats(layer: nn.Module, out_bytes: float) -> tuple[int, float, float]:

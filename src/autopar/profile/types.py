@@ -71,6 +71,7 @@ class LayerStats:
     expert_params: int = 0  # parameters of the routed experts (expert parallelism splits them)
     expert_flops: float = 0.0  # forward FLOPs of the routed experts, per sample
     dispatch_bytes: float = 0.0  # rows sent to the experts per sample (tokens x top_k x hidden), one way
+    kv_bytes: float = 0.0  # keys and values entering the attention cores, per sample (what context parallelism gathers)
 
 
 def is_mlp_layer(stats: LayerStats) -> bool:

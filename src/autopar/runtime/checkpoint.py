@@ -238,7 +238,13 @@ def check_trusted(root: Path, trust: bool) -> None:
         raise InputError("--checkpoint", str(root), f"was not created by autopar (no {MARKER_FILE}; holds {', '.join(sorted(foreign)[:3])}): "
                                                     "checkpoint metadata is a pickle, which runs code when loaded; "
                                                     "pass --trust-checkpoint if you trust this directory")
-    _write_atomic(marker, json.dumps({"created_by": "autopar", "host": socket.gethostname()}))
+    mark_created(root)
+
+
+def mark_created(root: Path) -> None:
+    """MARKER_FILE: this directory's checkpoints are autopar's (check_trusted)."""
+    if not (root / MARKER_FILE).is_file():
+        _write_atomic(root / MARKER_FILE, json.dumps({"created_by": "autopar", "host": socket.gethostname()}))
 
 
 def checkpoint_bytes(recipe: Recipe) -> float:
@@ -480,6 +486,7 @@ class Checkpointer:
             meta = {"step": step, "strategy": self.strategy.to_text(), "grad_scaler": self.state.scaler is not None, **self.facts,
                     "files": file_digests(where)}
             try:
+                mark_created(Path(self.options.directory))
                 _write_atomic(where / META_FILE, json.dumps(meta, indent=1))
             except OSError as err:
                 raise RunStopped(self._failed(where, err)) from None

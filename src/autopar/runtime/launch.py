@@ -84,7 +84,7 @@ class WorkerArgs:
 
 
 def processes_per_node(strategy: Strategy, rdzv: Rendezvous) -> int:
-    return strategy.dp * strategy.tp * strategy.pp // rdzv.nnodes
+    return strategy.dp * strategy.cp * strategy.tp * strategy.pp // rdzv.nnodes
 
 
 LAUNCHER_ENV = "AUTOPAR_LAUNCHER_PID"  # the process running torchrun's agent: workers end when it is gone

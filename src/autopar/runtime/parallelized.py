@@ -78,6 +78,7 @@ class Parallelized:
     gatherers: dict[str, Gatherer] = field(default_factory=dict)  # param name -> full tensor
     local_slices: dict[str, LocalSlice] = field(default_factory=dict)  # param name -> the part its plain local tensor holds
     ties: list = field(default_factory=list)  # weights tied across pipeline stages
+    seq_positions: Optional[torch.Tensor] = None  # context parallelism: the sequence positions this rank's inputs hold
     dp_ignored: list[str] = field(default_factory=list)  # parameters data parallelism leaves alone (expert-parallel stacks)
     applied: list[str] = field(default_factory=list)
 

@@ -133,7 +133,7 @@ class StandardTrainer:
         n_stages = s.pp * s.virtual_stages
         self.first = any(c.stage == 0 for c in self.par.chunks)
         self.last = any(c.stage == n_stages - 1 for c in self.par.chunks)
-        self.weight = 1.0 / s.dp if (self.last and ctx.coords.tp == 0) else 0.0
+        self.weight = 1.0 / (s.dp * s.cp) if (self.last and ctx.coords.tp == 0) else 0.0  # cp ranks: equal pieces of each sample
 
     def step(self, step: int) -> torch.Tensor:
         inputs, target = self._batch(step)
@@ -150,7 +150,11 @@ class StandardTrainer:
         if self.s.data_partition is DataPartition.FEATURES:
             inputs, target = self.source.rows(step, 0, self.source.global_batch)
             return (self.par.feature_slice.take(inputs) if self.par.feature_slice else inputs), target
-        return self.source.replica_rows(step, self.ctx.coords.dp, self.s.dp)
+        inputs, target = self.source.replica_rows(step, self.ctx.coords.dp, self.s.dp)
+        pos = self.par.seq_positions
+        if pos is None:
+            return inputs, target
+        return (inputs[0][:, pos], *inputs[1:]), target[:, pos]  # context parallel: this rank's positions of the tokens
 
     def _accumulate(self, inputs, target) -> torch.Tensor:
         """Forward and backward each micro-batch; gradients sync on the last one only."""

@@ -4,7 +4,7 @@ Text form (command line): "dp=16,tp=8,pp=8,microbatch=1,schedule=interleaved,
 virtual_stages=2,recompute=full,zero=1". A key left out takes its neutral value:
 degree 1, zero 0, no recompute, one micro-batch per replica, synchronous updates.
 
-Degrees multiply: devices used = dp * tp * pp * threads. `threads` counts
+Degrees multiply: devices used = dp * cp * tp * pp * threads. `threads` counts
 shared-memory workers inside one process (intra-op threads, or Hogwild workers
 when sync=async); each occupies one device (a core) of a node whose devices
 share memory.
@@ -29,6 +29,7 @@ class Strategy:
     dp_shard: Optional[int] = None  # HSDP: ZeRO shards over groups of this many dp ranks, replicated dp / dp_shard times; None: all dp
     offload: bool = False  # ZeRO-3 with parameters, gradients and optimizer states in host memory (FSDP2 CPUOffloadPolicy)
     ep: int = 1  # expert parallelism: each MoE layer's experts split over groups of ep dp ranks (all-to-all dispatch)
+    cp: int = 1  # context parallelism: each sample's sequence split over cp ranks (attention gathers keys and values)
     microbatch: Optional[int] = None  # samples per micro-batch; None: the whole per-replica batch
     schedule: Schedule = Schedule.ONE_F_ONE_B
     virtual_stages: int = 1  # model chunks per pipeline rank (interleaved schedule)
@@ -54,7 +55,7 @@ class Strategy:
 
     @property
     def devices(self) -> int:
-        return self.dp * self.tp * self.pp * self.threads
+        return self.dp * self.cp * self.tp * self.pp * self.threads
 
     def local_batch(self, global_batch: int) -> int:
         """Samples per data-parallel replica per step (every sample under a feature partition)."""
@@ -121,7 +122,7 @@ _ENUMS = {
     "sync": Sync,
 }
 _BOOLS = ("sequence_parallel", "subnet", "offload")
-_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "dp_shard": 1, "ep": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
+_INTS = {"dp": 1, "tp": 1, "pp": 1, "zero": 0, "microbatch": 1, "dp_shard": 1, "ep": 1, "cp": 1, "virtual_stages": 1, "sync_every": 1, "threads": 1}
 _NAMES = [f.name for f in fields(Strategy)]
 
 

@@ -9,6 +9,7 @@ Their rules are checked in the same order; the launch (runtime) or the cluster
   folder       Strategy fields                           runtime (PyTorch API)
   pipeline     pp, schedule, virtual_stages, stages      torch.distributed.pipelining
   tensor       tp, sequence_parallel                     DTensor parallelize_module
+  context      cp                                        zigzag sequence chunks, K/V all_gather_tensor_autograd
   expert       ep                                        experts sliced per rank, all_to_all_single_autograd dispatch
   recompute    recompute                                 checkpoint_wrapper (non-reentrant)
   offload      offload                                   FSDP2 CPUOffloadPolicy (passed to data's fully_shard)
@@ -35,11 +36,11 @@ from autopar.profile.facts import ModelFacts
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision
 from autopar.spec.strategy import Strategy
-from autopar.techniques import data, expert, features, local_sgd, microbatch, offload, pipeline, recompute, subnet, tensor, threads
+from autopar.techniques import context, data, expert, features, local_sgd, microbatch, offload, pipeline, recompute, subnet, tensor, threads
 from autopar.techniques.base import Dimension, Predicate, RuleInput, Technique
 
 TECHNIQUES: tuple[Technique, ...] = tuple(
-    m.TECHNIQUE for m in (pipeline, tensor, expert, recompute, offload, data, microbatch, features, local_sgd, subnet, threads)
+    m.TECHNIQUE for m in (pipeline, tensor, context, expert, recompute, offload, data, microbatch, features, local_sgd, subnet, threads)
 )
 
 
@@ -57,20 +58,21 @@ class InvalidStrategy(InputError):
 
 
 def check_devices(s: Strategy, launch: Launch) -> Optional[str]:
-    factors = [f"dp({s.dp})", f"tp({s.tp})", f"pp({s.pp})"] + ([f"threads({s.threads})"] if s.threads > 1 else [])
+    factors = [f"dp({s.dp})", *([f"cp({s.cp})"] if s.cp > 1 else []), f"tp({s.tp})", f"pp({s.pp})"] + ([f"threads({s.threads})"] if s.threads > 1 else [])
     have = launch.nproc * launch.nnodes
     if s.devices != have:
         nodes = f" * nnodes({launch.nnodes}) = {have}" if launch.nnodes > 1 else ""
         return f"{' * '.join(factors)} = {s.devices} != nproc({launch.nproc}){nodes}"
-    processes = s.dp * s.tp * s.pp
+    processes = s.dp * s.cp * s.tp * s.pp
     if processes % launch.nnodes:
-        return f"processes dp({s.dp}) * tp({s.tp}) * pp({s.pp}) = {processes} do not split over nnodes({launch.nnodes})"
+        return f"processes {' * '.join(factors[:-1] if s.threads > 1 else factors)} = {processes} do not split over nnodes({launch.nnodes})"
     return None
 
 
 def check_cluster(s: Strategy, cluster: Cluster) -> Optional[str]:
     if s.devices > cluster.devices:
-        return f"dp({s.dp}) * tp({s.tp}) * pp({s.pp}) * threads({s.threads}) = {s.devices} > devices({cluster.devices})"
+        cp = f" * cp({s.cp})" if s.cp > 1 else ""
+        return f"dp({s.dp}){cp} * tp({s.tp}) * pp({s.pp}) * threads({s.threads}) = {s.devices} > devices({cluster.devices})"
     if s.threads > 1 and not cluster.device.shared_memory:
         return f"threads({s.threads}) > 1 needs devices that share memory (CPU cores); {cluster.device.name} does not"
     return offload.rules.check_offload_cluster(s, cluster.device.shared_memory, cluster.device.name)

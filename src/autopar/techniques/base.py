@@ -71,8 +71,9 @@ class Technique:
     predicates: tuple[Predicate, ...] = ()
     apply: str = ""  # module of its runtime application, imported by the runtime only
     fp16_ok: Callable[[Strategy], bool] = lambda s: True  # whether its runtime applies fp16 loss scaling to s
+    needed_by: Callable[[Strategy], bool] = lambda s: False  # another technique needs it with its own fields neutral
 
     def active(self, s: Strategy) -> bool:
-        """Whether `s` uses this technique (some field it owns is not neutral)."""
-        return any(getattr(s, f) != getattr(_NEUTRAL, f) for f in self.fields)
+        """Whether `s` uses this technique (some field it owns is not neutral, or another needs it)."""
+        return any(getattr(s, f) != getattr(_NEUTRAL, f) for f in self.fields) or self.needed_by(s)
 

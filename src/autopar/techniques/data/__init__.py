@@ -11,4 +11,5 @@ TECHNIQUE = Technique(
     predicates=space.PREDICATES,
     apply="autopar.techniques.data.apply",
     fp16_ok=lambda s: s.zero < 2,
+    needed_by=lambda s: s.cp > 1,  # context-parallel ranks average their gradients (dp x cp group)
 )

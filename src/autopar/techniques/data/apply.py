@@ -54,7 +54,7 @@ def grad_sync(s: Strategy) -> GradSync:
     """Who synchronises gradients: nobody for one replica, local SGD, IST or a feature partition."""
     if s.offload:
         return GradSync.FSDP
-    if s.dp == 1 or s.is_async or s.subnet or s.data_partition is DataPartition.FEATURES:
+    if s.dp * s.cp == 1 or s.is_async or s.subnet or s.data_partition is DataPartition.FEATURES:
         return GradSync.NONE
     return GradSync.FSDP if uses_fsdp(s) else GradSync.DDP
 
@@ -75,12 +75,12 @@ def apply(par: Parallelized) -> None:
             kind = f"hsdp({stage}, shard={s.dp_shard}, replicas={ctx.dims.replicas})"
         else:
             kind = "hsdp(replicas, zero0)" if ctx.dims.dp_as_replicas else f"fsdp({stage})"
-        par.applied.append(f"{kind}(dp={s.dp})")
+        par.applied.append(f"{kind}(dp={s.dp}{f' x cp={s.cp}' if s.cp > 1 else ''})")
         par.materialize()
     elif par.grad_sync is GradSync.DDP:
         par.materialize()  # DDP broadcasts rank 0's weights: they must exist
         group = dp_group(ctx.mesh, ctx.dims)
-        par.applied.append(f"ddp(dp={ctx.dims.dp})")
+        par.applied.append(f"ddp(dp={ctx.dims.dp}{f' x cp={s.cp}' if s.cp > 1 else ''})")
         par.chunks = [Chunk(c.stage, apply_ddp(c.module, group, ctx.device, ignored=[n for n, _ in par.named_dp_ignored(c.module)]))
                       for c in par.chunks]
         if s.zero == 1:
@@ -112,7 +112,7 @@ def apply_ddp(module: nn.Module, group, device: torch.device, bucket_cap_mb: int
 
 def uses_fsdp(s: Strategy) -> bool:
     """Whether data parallelism is realised with FSDP2 (else DDP)."""
-    return s.offload or s.dp > 1 and (s.zero >= 2 or s.tp > 1 or s.pp > 1)
+    return s.offload or s.dp * s.cp > 1 and (s.zero >= 2 or s.tp > 1 or s.pp > 1)
 
 
 def apply_fsdp(module: nn.Module, mesh: DeviceMesh, zero: int, mp_policy: Optional[MixedPrecisionPolicy],

@@ -31,7 +31,7 @@ class Sharding:
 
 
 def dp_values(ctx, c: Partial) -> list[int]:
-    return [c["devices"] // (c["threads"] * c["tp"] * c["pp"])]
+    return [c["devices"] // (c["threads"] * c["tp"] * c["pp"] * c.get("cp", 1))]
 
 
 def shardings(ctx, c: Partial) -> list[Sharding]:
@@ -41,6 +41,9 @@ def shardings(ctx, c: Partial) -> list[Sharding]:
     synchronous = c["sync"] is Sync.SYNC and not c["subnet"] and c["data_partition"] is DataPartition.SAMPLES
     replicas = c["dp"] > 1 and synchronous
     out = [Sharding(0)]
+    if c.get("cp", 1) > 1:  # context parallel: ZeRO over the dp x cp ranks, no HSDP or offload (techniques/context/rules.py)
+        stages = [0, 1, 2, 3] if c["tp"] == 1 and c["pp"] == 1 else [2, 3]
+        return [Sharding(z) for z in stages]
     if replicas and c.get("ep", 1) > 1:  # split experts: DDP or FSDP2 of the rest (techniques/expert/rules.py)
         return out + [Sharding(2), Sharding(3)]
     if replicas:

@@ -83,7 +83,7 @@ def finish(par: Parallelized) -> None:
         par.after_backward.append(traced_tie_sync(par.chunks, par.ties, par.mdef.module, group))
         par.applied.append(f"tied-weight gradients summed across stages ({', '.join(t.names[0] for t in par.ties)})")
     elif par.ties:
-        groups = tie_groups(par.ties, ctx.dims, ctx.coords.dp, ctx.coords.tp)
+        groups = tie_groups(par.ties, ctx.dims, ctx.coords.dp, ctx.coords.tp, ctx.coords.cp)
         par.after_backward.append(tied_gradient_sync(par.chunks, par.ties, groups))
         par.applied.append(f"tied-weight gradient all-reduce across stages ({', '.join(t.names[0] for t in par.ties)})")
 
@@ -165,8 +165,8 @@ def cross_stage_ties(model: nn.Module, strategy: Strategy, stack: str = "layers"
     return [t for t in ties if len(set(t.stages)) > 1]
 
 
-def tie_groups(ties: list[CrossStageTie], dims: ParallelDims, dp: int, tp: int) -> list[Optional[dist.ProcessGroup]]:
-    """One process group per tie joining its pipeline ranks at this rank's (dp, tp) coordinates.
+def tie_groups(ties: list[CrossStageTie], dims: ParallelDims, dp: int, tp: int, cp: int = 0) -> list[Optional[dist.ProcessGroup]]:
+    """One process group per tie joining its pipeline ranks at this rank's (dp, cp, tp) coordinates.
 
     Every rank creates every group (dist.new_group is collective) and keeps its own."""
     mine: list[Optional[dist.ProcessGroup]] = []
@@ -174,9 +174,10 @@ def tie_groups(ties: list[CrossStageTie], dims: ParallelDims, dp: int, tp: int) 
         pp_ranks = sorted({s % dims.pp for s in tie.stages})
         own = None
         for d in range(dims.dp):
-            for t in range(dims.tp):
-                group = dist.new_group([global_rank(dims, p, d, t) for p in pp_ranks])
-                own = group if (d, t) == (dp, tp) else own
+            for c in range(dims.cp):
+                for t in range(dims.tp):
+                    group = dist.new_group([global_rank(dims, p, d, t, c) for p in pp_ranks])
+                    own = group if (d, c, t) == (dp, cp, tp) else own
         mine.append(own)
     return mine
 

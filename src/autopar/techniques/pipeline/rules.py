@@ -54,7 +54,7 @@ def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
     rounds = max(1, n // s.pp)
     if s.schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and n % rounds:
         return f"schedule {s.schedule.value} needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
-    if s.schedule is Schedule.ZERO_BUBBLE and s.zero == 3 and (s.dp > 1 or s.offload):
+    if s.schedule is Schedule.ZERO_BUBBLE and s.zero == 3 and (s.dp * s.cp > 1 or s.offload):
         return ("schedule=zero_bubble with zero=3: torch 2.13's ScheduleInterleavedZeroBubble deadlocks with FSDP2 "
                 "resharding after forward (measured on gloo, 4 ranks); use zero=2 or schedule=interleaved")
     return None
