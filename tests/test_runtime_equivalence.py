@@ -46,6 +46,7 @@ EQUIVALENT_2 = [
         "pp=2,schedule=interleaved,virtual_stages=2,microbatch=2", "pp=2,schedule=gpipe,stages=1/3",
         "dp=2,zero=3,offload=true,microbatch=2", "tp=2,zero=3,offload=true",  # FSDP2 CPUOffloadPolicy (dp=1: a 1-rank mesh)
         "pp=2,schedule=zero_bubble,microbatch=2", "pp=2,schedule=zero_bubble,virtual_stages=2,microbatch=1,recompute=full",
+        "pp=2,schedule=zbv,virtual_stages=2,microbatch=2",  # ZB-V: rank 0 holds the first and last stage (the tied head)
     ]),
     _case("llama", LLAMA, [
         "tp=2,sequence_parallel=true", "pp=2,schedule=interleaved,virtual_stages=2,microbatch=2,recompute=selective", "dp=2,zero=3,recompute=full",
@@ -83,7 +84,9 @@ EQUIVALENT_4 = [
         "pp=2,tp=2,sequence_parallel=true,schedule=1f1b,microbatch=4",
         "dp=4,zero=3,dp_shard=2", "dp=4,zero=2,dp_shard=2,microbatch=1", "dp=4,zero=3,dp_shard=2,offload=true",  # HSDP
         "pp=2,dp=2,zero=2,schedule=zero_bubble,virtual_stages=2,microbatch=2", "pp=2,tp=2,schedule=zero_bubble,microbatch=2",
+        "pp=2,dp=2,zero=2,schedule=zbv,virtual_stages=2,microbatch=1",
     ]),
+    _case("gpt-8", {**GPT, "layers": 8}, ["pp=4,schedule=zbv,virtual_stages=2,microbatch=2"]),
     _case("wide", {"family": "wide_linear", "input_dim": 18, "hidden": 8, "classes": 3}, ["dp=4,data_partition=features"]),
     # ep=2 of dp=4: two replicas of each expert half, their gradients summed across the replica pair
     _case("moe", MOE, ["dp=4,ep=2", "dp=4,ep=4,zero=3", "dp=2,tp=2,ep=2", "pp=2,dp=2,ep=2,microbatch=2"]),

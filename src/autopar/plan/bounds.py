@@ -16,6 +16,7 @@ least the smallest boundary tensor's send. Then
     t_max >= (T + X) / pp                                  the slowest rank >= the average
     1F1B, GPipe: (m - 1) t_max + t_sum >= (T + X)(m - 1 + pp) / pp        (t_sum >= T + X)
     interleaved: m t_max + (pp - 1) max(t_max / v, chunk) >= (T + X)(m + (pp - 1) / v) / pp
+    ZB-V:        m t_max (its bubble, pipeline_cost.zbv_bubble_s, may be zero)
     zero bubble: the same bubbles times k, the slowest rank's forward share of its compute,
                k >= kappa = min over layers of forward / (forward + backward) (a ratio of
                sums is at least the least ratio); with one chunk
@@ -133,6 +134,8 @@ class NodeFloors:
             return self.m * T
         total = T + 2 * (self.pp * v - 1) * t.p2p_min_s
         t_max = max(total / self.pp, unit_max)  # a rank holds the largest block unit
+        if schedule is Schedule.ZBV:  # its bubble (pipeline_cost.zbv_bubble_s) may be zero
+            return self.m * t_max
         k = t.kappa if schedule is Schedule.ZERO_BUBBLE else 1.0
         if v > 1:
             return self.m * t_max + k * (self.pp - 1) * max(t_max / v, unit_max)
@@ -142,14 +145,15 @@ class NodeFloors:
         """m T / pp: the compute of the samples a rank must process, nothing else."""
         return self.m * self._totals(sp, Recompute.NONE).compute_s / self.pp
 
-    def any_pipe_s(self, sp: bool) -> float:
-        """Floor of pipe_s over every schedule and chunk count: m max(T / pp, U) plus, over the
-        other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each (zero
-        bubble: kappa of one)."""
+    def any_pipe_s(self, sp: bool, pairs: Sequence[tuple[Schedule, int]] = ()) -> float:
+        """Floor of pipe_s over every schedule and chunk count in `pairs`: m max(T / pp, U) plus,
+        over the other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each
+        (zero bubble: kappa of one; ZB-V: nothing)."""
         t = self._totals(sp, Recompute.NONE)
         if self.pp == 1:
             return self.m * t.compute_s
-        return self.m * max(t.compute_s / self.pp, t.unit_max_s) + t.kappa * (self.pp - 1) * t.unit_min_s
+        bubble = 0.0 if any(sched is Schedule.ZBV for sched, _ in pairs) else t.kappa * (self.pp - 1) * t.unit_min_s
+        return self.m * max(t.compute_s / self.pp, t.unit_max_s) + bubble
 
     def rest_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """Floor of synchronisation + offload copies + optimizer step for one (sp, recompute, sharding)."""
@@ -209,7 +213,7 @@ class NodeFloors:
         """(fewest micro-batches a rank holds, sum over ranks of 1 / micro-batches held); the
         interleaved first rank's extra share is taken at its least (v -> infinity: none)."""
         if schedule not in self._flight:
-            kind = Schedule.ONE_F_ONE_B if schedule is Schedule.INTERLEAVED else schedule
+            kind = Schedule.ONE_F_ONE_B if schedule is Schedule.INTERLEAVED else schedule  # ZB-V: its own (pp on every rank)
             flights = [pipeline_cost.microbatches_in_flight(kind, r, self.pp, self.m, 1) for r in range(self.pp)]
             self._flight[schedule] = (min(flights), sum(1 / f for f in flights))
         return self._flight[schedule]

@@ -250,7 +250,7 @@ def _nodes(search: _Search, st: _Structure) -> list[_Node]:
         f = st.node_floors.get(b) or NodeFloors(search.model, c, b, m, periods)
         # pipeline floor without recompute (it only adds), optimizer at its least, no sync
         rests = [(z, f.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros]
-        floors = _family_floors(search, f, c, min(f.any_pipe_s(sp) for sp in sps), rests)
+        floors = _family_floors(search, f, c, min(f.any_pipe_s(sp, pairs) for sp in sps), rests)
         out.append(_Node(floors, c, b, f, (pairs, sps, rcs, zeros, periods)))
     return out
 

@@ -32,6 +32,7 @@ class Schedule(str, Enum):
     ONE_F_ONE_B = "1f1b"
     INTERLEAVED = "interleaved"
     ZERO_BUBBLE = "zero_bubble"  # interleaved zero bubble (Qi et al. 2023): backward split into input and weight gradients
+    ZBV = "zbv"  # ZB-V (Qi et al. 2023, Sec. 6): zero bubble with two chunks per rank in a V (rank r: chunks r and 2p - 1 - r)
 
 
 class Recompute(str, Enum):

@@ -17,7 +17,7 @@ its own). How the cut is made was decided by the profiler (profile/structure.py)
          model's own. One stage per rank (gpipe, 1f1b); the rules refuse the rest.
 
 Stage s lives on pipeline rank s % pp (the looped layout of Interleaved1F1B; one stage
-per rank for GPipe and 1F1B). Schedules: gpipe -> ScheduleGPipe, 1f1b -> Schedule1F1B,
+per rank for GPipe and 1F1B), or for ZB-V on rank s (s < pp) and 2 pp - 1 - s (the V). Schedules: gpipe -> ScheduleGPipe, 1f1b -> Schedule1F1B,
 interleaved -> ScheduleInterleaved1F1B (Narayanan et al. 2021). Each micro-batch's loss
 is the recipe's mean loss and the schedule scales gradients by 1/num_microbatches, so
 gradients equal the whole batch's.
@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.fx as fx
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B, SplitPoint, pipeline
-from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble
+from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble, ScheduleZBVZeroBubble
 from torch.distributed.tensor import DTensor, Replicate
 
 from autopar.errors import InputError
@@ -83,7 +83,7 @@ def finish(par: Parallelized) -> None:
         par.after_backward.append(traced_tie_sync(par.chunks, par.ties, par.mdef.module, group))
         par.applied.append(f"tied-weight gradients summed across stages ({', '.join(t.names[0] for t in par.ties)})")
     elif par.ties:
-        groups = tie_groups(par.ties, ctx.dims, ctx.coords.dp, ctx.coords.tp, ctx.coords.cp)
+        groups = tie_groups(par.ties, ctx.dims, ctx.coords.dp, ctx.coords.tp, ctx.coords.cp, lambda st: stage_rank(s, st))
         par.after_backward.append(tied_gradient_sync(par.chunks, par.ties, groups))
         par.applied.append(f"tied-weight gradient all-reduce across stages ({', '.join(t.names[0] for t in par.ties)})")
 
@@ -119,7 +119,17 @@ def layer_ranges(n_layers: int, n_stages: int, stages: Optional[tuple[int, ...]]
 
 
 def local_stages(strategy: Strategy, pp_rank: int) -> list[int]:
+    """The stages rank pp_rank holds: looped (r, r + pp, ...), or V-shaped for ZB-V (r, 2 pp - 1 - r)."""
+    if strategy.schedule is Schedule.ZBV:
+        return [pp_rank, 2 * strategy.pp - 1 - pp_rank]
     return [pp_rank + k * strategy.pp for k in range(strategy.virtual_stages)]
+
+
+def stage_rank(strategy: Strategy, stage: int) -> int:
+    """The pipeline rank holding `stage` (the inverse of local_stages)."""
+    if strategy.schedule is Schedule.ZBV:
+        return stage if stage < strategy.pp else 2 * strategy.pp - 1 - stage
+    return stage % strategy.pp
 
 
 def apply_pipeline_split(model: nn.Module, strategy: Strategy, pp_rank: int, stack: str = "layers") -> list[Chunk]:
@@ -165,13 +175,14 @@ def cross_stage_ties(model: nn.Module, strategy: Strategy, stack: str = "layers"
     return [t for t in ties if len(set(t.stages)) > 1]
 
 
-def tie_groups(ties: list[CrossStageTie], dims: ParallelDims, dp: int, tp: int, cp: int = 0) -> list[Optional[dist.ProcessGroup]]:
+def tie_groups(ties: list[CrossStageTie], dims: ParallelDims, dp: int, tp: int, cp: int = 0,
+               rank_of: Callable[[int], int] = None) -> list[Optional[dist.ProcessGroup]]:
     """One process group per tie joining its pipeline ranks at this rank's (dp, cp, tp) coordinates.
 
     Every rank creates every group (dist.new_group is collective) and keeps its own."""
     mine: list[Optional[dist.ProcessGroup]] = []
     for tie in ties:
-        pp_ranks = sorted({s % dims.pp for s in tie.stages})
+        pp_ranks = sorted({rank_of(s) if rank_of else s % dims.pp for s in tie.stages})
         own = None
         for d in range(dims.dp):
             for c in range(dims.cp):
@@ -183,20 +194,28 @@ def tie_groups(ties: list[CrossStageTie], dims: ParallelDims, dp: int, tp: int, 
 
 
 def tied_gradient_sync(chunks: list[Chunk], ties: list[CrossStageTie], groups: list) -> Callable[[], None]:
-    """A function that all-reduces the gradients of this rank's copies of tied weights."""
-    pairs = []
+    """A function that sums the gradients of every copy of each tied weight: this rank's copies
+    (ZB-V puts the first and the last stage on one rank), then over the tie's group."""
+    held = []
     for tie, group in zip(ties, groups):
-        for chunk in chunks:
-            for name, p in chunk.module.named_parameters():
-                if clean_name(name) in tie.names:
-                    pairs.append((p, group))
+        copies = [p for chunk in chunks for name, p in chunk.module.named_parameters() if clean_name(name) in tie.names]
+        held.append((copies, group))
 
     def sync() -> None:
         with torch.no_grad():
-            for p, group in pairs:
-                if p.grad is not None:
-                    p.grad = _like_param(p.grad, p)
-                    dist.all_reduce(_local(p.grad), group=group)
+            for copies, group in held:
+                grads = [_local(_like_param(p.grad, p)) for p in copies if p.grad is not None]
+                if not grads:
+                    continue
+                total = grads[0].clone() if len(grads) > 1 else grads[0]
+                for g in grads[1:]:
+                    total += g
+                if group is not None and dist.get_world_size(group) > 1:
+                    dist.all_reduce(total, group=group)
+                for p in copies:
+                    if p.grad is not None:
+                        p.grad = _like_param(p.grad, p)
+                        _local(p.grad).copy_(total)
 
     return sync
 
@@ -302,4 +321,6 @@ def apply_pipeline_schedule(chunks: list[Chunk], strategy: Strategy, n_microbatc
         return Schedule1F1B(stages[0], n_microbatches, loss_fn=loss_fn)
     if strategy.schedule is Schedule.ZERO_BUBBLE:
         return ScheduleInterleavedZeroBubble(stages, n_microbatches, loss_fn=loss_fn)
+    if strategy.schedule is Schedule.ZBV:
+        return ScheduleZBVZeroBubble(stages, n_microbatches, loss_fn=loss_fn)
     return ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn)

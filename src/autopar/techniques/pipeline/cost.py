@@ -242,17 +242,28 @@ def zero_bubble_keep(forward_s: float, backward_s: float) -> float:
     return forward_s / total if total > 0 else 1.0
 
 
+def zbv_bubble_s(forward_s: float, backward_s: float, recompute_s: float, p: int) -> float:
+    """ZB-V's bubble (Qi et al. 2023, Sec. 6): (p - 1)(T_F + T_B - 2 T_W) with the times of one
+    chunk, half of a rank's. B and W are the two GEMMs of each backward (T_B = T_W = backward / 2,
+    recomputation runs before B), so it vanishes when the forward takes no longer than W."""
+    return (p - 1) * max(0.0, forward_s + recompute_s - backward_s / 2) / 2
+
+
 def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virtual: int) -> float:
     """Micro-batches whose activations a stage holds at its peak.
 
     GPipe: all m (forward of every micro-batch before any backward). 1F1B: pp - stage
     (at most m). Interleaved: the first stage holds pp micro-batches of its layers
-    times (1 + (p-1)/(p v)) (Korthikanti et al. 2022, Sec. 4.2.3).
+    times (1 + (p-1)/(p v)) (Korthikanti et al. 2022, Sec. 4.2.3). ZB-V: every rank pp
+    micro-batches of its two chunks, 1F1B's first-stage peak on all ranks (Qi et al.
+    2023, Sec. 6: balanced peak memory).
     """
     if pp <= 1:
         return 1.0
     if schedule is Schedule.GPIPE:
         return float(m)
+    if schedule is Schedule.ZBV:
+        return float(min(pp, m))
     base = float(min(pp - stage, m))  # zero bubble: ZB-H1's peak equals 1F1B's (Qi et al. 2023, Table 2)
     if schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and virtual > 1:
         return min(float(m), base * (1 + (pp - 1) / (pp * virtual))) if stage == 0 else base
@@ -266,9 +277,10 @@ def unit_bounds(cuts: Sequence[int], n_layers: int) -> list[tuple[int, int]]:
 
 
 def rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, cuts: Optional[Sequence[int]],
-                n_layers: int) -> list[list[tuple[int, int]]]:
+                n_layers: int, v_shape: bool = False) -> list[list[tuple[int, int]]]:
     """Layer ranges [start, end) of each pipeline rank; rank r holds chunks r, r + pp, ...
-    `counts` are blocks per chunk (None: no pipeline, one range of every layer)."""
+    (looped), or with `v_shape` (ZB-V) chunks r and 2 pp - 1 - r. `counts` are blocks per
+    chunk (None: no pipeline, one range of every layer)."""
     if counts is None:
         return [[(0, n_layers)]]
     units = unit_bounds(cuts, n_layers)
@@ -276,6 +288,8 @@ def rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, cuts: 
     for c in counts:
         bounds.append((units[u][0], units[u + c - 1][1]))
         u += c
+    if v_shape:
+        return [[bounds[r], bounds[2 * pp - 1 - r]] for r in range(pp)]
     return [[bounds[r + pp * k] for k in range(virtual)] for r in range(pp)]
 
 

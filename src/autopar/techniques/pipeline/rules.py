@@ -19,8 +19,10 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     if s.tp > 1 and r.facts.pipeline_split == "graph":
         return (f"tp({s.tp}) with pp({s.pp}): {r.facts.name} is cut by tracing (its forward is not a chain of its blocks), "
                 "which turns modules into interpreted graphs that tensor parallelism cannot split; use tp or pp")
-    if r.facts.pipeline_split == "graph" and s.schedule is Schedule.ZERO_BUBBLE:
-        return (f"schedule=zero_bubble: {r.facts.name} is cut by tracing, and its interpreted stages are not run "
+    if s.schedule is Schedule.ZBV and s.virtual_stages != 2:
+        return f"schedule=zbv runs exactly two chunks per rank (the V); virtual_stages({s.virtual_stages}): use virtual_stages=2"
+    if r.facts.pipeline_split == "graph" and s.schedule in (Schedule.ZERO_BUBBLE, Schedule.ZBV):
+        return (f"schedule={s.schedule.value}: {r.facts.name} is cut by tracing, and its interpreted stages are not run "
                 "with the input/weight backward split here; use gpipe or 1f1b")
     if r.facts.pipeline_split == "graph" and s.virtual_stages > 1:
         return (f"virtual_stages({s.virtual_stages}): {r.facts.name} is cut by tracing, and an interleaved schedule's "
@@ -32,8 +34,8 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     n_stages = s.pp * s.virtual_stages
     if n_stages > r.facts.layers:
         return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages > layers({r.facts.layers})"
-    if s.virtual_stages > 1 and s.schedule not in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE):
-        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved or zero_bubble (got {s.schedule.value})"
+    if s.virtual_stages > 1 and s.schedule not in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE, Schedule.ZBV):
+        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved, zero_bubble or zbv (got {s.schedule.value})"
     if s.stages is not None and (len(s.stages) != n_stages or sum(s.stages) != r.facts.layers):
         return (
             f"stages {'/'.join(map(str, s.stages))}: {len(s.stages)} stages holding {sum(s.stages)} layers; "
@@ -54,9 +56,11 @@ def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
     rounds = max(1, n // s.pp)
     if s.schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and n % rounds:
         return f"schedule {s.schedule.value} needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
-    if s.schedule is Schedule.ZERO_BUBBLE and s.zero == 3 and (s.dp * s.cp > 1 or s.offload):
-        return ("schedule=zero_bubble with zero=3: torch 2.13's ScheduleInterleavedZeroBubble deadlocks with FSDP2 "
+    if s.schedule in (Schedule.ZERO_BUBBLE, Schedule.ZBV) and s.zero == 3 and (s.dp * s.cp > 1 or s.offload):
+        return (f"schedule={s.schedule.value} with zero=3: torch 2.13's zero-bubble schedules deadlock with FSDP2 "
                 "resharding after forward (measured on gloo, 4 ranks); use zero=2 or schedule=interleaved")
+    if s.schedule is Schedule.ZBV and n < s.pp:
+        return f"schedule zbv needs num_microbatches({n}) >= pp({s.pp}); lower microbatch"
     return None
 
 

@@ -16,7 +16,7 @@ def schedules(ctx, c: Partial, m: int) -> list[tuple[Schedule, int]]:
     """Every (schedule, chunks per rank) the rules allow for m micro-batches: 1F1B, GPipe,
     zero bubble with one chunk (ZB-H1, Qi et al. 2023), and interleaved 1F1B and interleaved
     zero bubble with every v >= 2 that leaves each chunk a block (pp * v <= blocks) when pp
-    divides m (Narayanan et al. 2021, Sec. 2.2.2)."""
+    divides m (Narayanan et al. 2021, Sec. 2.2.2); ZB-V with its two chunks (Qi et al. 2023, Sec. 6)."""
     if c["pp"] == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
     out = [(Schedule.ONE_F_ONE_B, 1), (Schedule.GPIPE, 1)]
@@ -25,6 +25,8 @@ def schedules(ctx, c: Partial, m: int) -> list[tuple[Schedule, int]]:
     rounds = max(1, m // c["pp"])
     if m % rounds == 0:
         out.append((Schedule.ZERO_BUBBLE, 1))
+    if m >= c["pp"] and 2 * c["pp"] <= ctx.facts.layers:  # ZB-V: two chunks per rank in a V
+        out.append((Schedule.ZBV, 2))
     if m % c["pp"] == 0:
         chunks = range(2, ctx.facts.layers // c["pp"] + 1)
         out += [(Schedule.INTERLEAVED, v) for v in chunks]
