@@ -15,6 +15,7 @@ from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Sync
 from autopar.spec.strategy import Strategy
 from autopar.techniques import plan_problem
+from autopar.techniques.context.space import CP_MIN_TOKENS
 
 GB = 1e9
 _PART_NAMES = {
@@ -244,6 +245,9 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
         if problem is None and rep.dp_shard and cluster.nodes == 1:
             problem = (f"one node: HSDP shards inside a node and replicates across nodes, so on {cluster.devices} devices "
                        f"of one node it is ZeRO-2/3 over them")
+        if problem is None and rep.cp > 1 and facts.seq_len and facts.seq_len // 2 < CP_MIN_TOKENS:
+            problem = (f"sequences of {facts.seq_len:,} tokens: context parallelism is searched only where each rank keeps "
+                       f"{CP_MIN_TOKENS:,} tokens or more (sequences of {2 * CP_MIN_TOKENS:,}+ for cp=2)")
         if problem is None and rep.devices > cluster.devices:
             problem = f"needs {rep.devices} devices, the cluster has {cluster.devices}"
         out.append(Rejected(fam, None, f"not applicable: {problem or 'pruned: cannot beat the plans found'}"))
