@@ -151,7 +151,7 @@ def test_cli_resumes_a_pipeline_checkpoint_in_one_process(one_process):
     from tests.runtime_helpers.equivalence import reference
 
     _, ckpt, resumed, stderr = one_process
-    assert sorted(p.name for p in ckpt.iterdir()) == ["step-2", "step-4", "step-5", "step-6"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [checkpoint.MARKER_FILE, "step-2", "step-4", "step-5", "step-6"]
     # the strategy that wrote it, with the stage layout the run executed (the cost model's)
     assert json.loads((ckpt / "step-4" / "autopar.json").read_text())["strategy"] == "pp=2,microbatch=2,schedule=gpipe,stages=2/2"
     assert f"resuming from {ckpt / 'step-4'} (step 4 of 6)" in stderr
@@ -235,7 +235,7 @@ def test_damaged_checkpoints_fall_back_and_old_ones_are_retired(tmp_path):
     first = _autopar("run", recipe, "--strategy", "dp=2", "--steps", "4", "--save-every", "1", "--keep", "2",
                      "--checkpoint", str(ckpt), "--json", "--dtype", "float64")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert sorted(p.name for p in ckpt.iterdir()) == ["step-3", "step-4"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [checkpoint.MARKER_FILE, "step-3", "step-4"]
     shard = max((f for f in (ckpt / "step-4").iterdir() if f.suffix == ".distcp"), key=lambda f: f.stat().st_size)
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(b ^ 0xFF for b in raw[len(raw) // 2: len(raw) // 2 + 64])
