@@ -16,7 +16,7 @@ import warnings
 from autopar.errors import InputError
 
 # Subcommand modules, in the order `autopar --help` lists them.
-COMMANDS = ("profile", "estimate", "plan", "run", "demo", "calibrate", "validate")
+COMMANDS = ("profile", "estimate", "plan", "run", "demo", "calibrate", "validate", "export")
 
 
 class _Parser(argparse.ArgumentParser):

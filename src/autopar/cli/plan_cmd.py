@@ -6,9 +6,11 @@ import os
 from typing import Optional
 
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
+from autopar.cli.export_cmd import emit
 from autopar.cli.tables import nbytes, seconds, table
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
+from autopar.export import parse_format
 from autopar.plan.explain import why_not
 from autopar.plan.planner import Objective, parse_fix, plan
 from autopar.spec.strategy import Strategy
@@ -23,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--objective", choices=("time", "throughput", "devices"), default="time",
                    help="time to train (default), raw throughput, or device-time (cost)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--export", metavar="FORMAT", help="also write plan 1 as a torchtitan, megatron, deepspeed or accelerate config "
+                                                      "(printed alone, or to --out FILE beside the table)")
+    p.add_argument("--out", metavar="FILE", help="with --export: the file to write")
     p.set_defaults(func=run)
 
 
@@ -35,7 +40,13 @@ def run(args) -> int:
     fix = parse_fix(args.fix) if args.fix else None
 
     why = Strategy.parse(args.why, field_path="--why") if args.why else None
+    if args.out and not args.export:
+        raise InputError("--out", args.out, "needs --export FORMAT (what to write)")
+    fmt = parse_format(args.export, "--export") if args.export else None
     result = plan(recipe, cluster, top_k=args.top, fix=fix, objective=Objective(args.objective))
+    if fmt is not None and args.out is None:  # the config alone on stdout, for a pipe or a redirect
+        emit(fmt, result.plans[0].strategy, recipe, cluster, None, "--export")
+        return 0
     reason = _why_not(why, result, recipe, cluster, Objective(args.objective), fix) if why is not None else None
     if args.json:
         print_json({**result.to_dict(), **({"why": {"strategy": why.to_dict(), "reason": reason}} if why else {})})
@@ -43,6 +54,8 @@ def run(args) -> int:
     print(render(result))
     if why is not None:
         print(f"\nwhy not {why.to_text()}: {reason}")
+    if fmt is not None:
+        emit(fmt, result.plans[0].strategy, recipe, cluster, args.out, "--export")
     return 0
 
 
