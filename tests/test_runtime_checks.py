@@ -6,14 +6,18 @@ torchrun (and no worker) was started.
 """
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from autopar import techniques
 from autopar.cli.main import main
+from autopar.plan.planner import plan
 from autopar.profile.profiler import profile_recipe
 from autopar.runtime import launch
+from autopar.spec.cluster import parse_cluster
 from autopar.spec.enums import Precision
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
@@ -159,6 +163,26 @@ def test_print_command_multi_node(tmp_path, capsys, no_launch):
     out = capsys.readouterr().out
     expected = "--nnodes 2 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 --rdzv-id job7 --nproc-per-node 2"
     assert expected in out
+
+
+def test_run_with_no_strategy_runs_plan_1_and_plans_for_the_nodes_asked(tmp_path, capsys, no_launch, monkeypatch):
+    """No --strategy or --plan: plan 1. With --nnodes 2 the plan is made for two nodes and must
+    split over them (one node's plan 1 here is threads=2, one process); --print-command then
+    also writes a Slurm script that runs one torchrun per node."""
+    monkeypatch.chdir(tmp_path)
+    path = _recipe(tmp_path, GPT)
+    assert main(["run", path, "--cluster", _cluster(tmp_path), "--print-command"]) == 0
+    one = capsys.readouterr().out
+    cluster = parse_cluster(yaml.safe_load(Path(_cluster(tmp_path)).read_text()))
+    first = plan(parse_recipe(yaml.safe_load(Path(path).read_text())), cluster).plans[0].strategy
+    assert f"--strategy {first.to_text()} " in one
+    argv = ["run", path, "--plan", "1", "--nnodes", "2", "--rdzv-endpoint", "10.0.0.1:29500", "--print-command", "--slurm", "job.sbatch"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--nnodes 2 " in out
+    script = (tmp_path / "job.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in script and 'srun torchrun --nnodes 2' in script and '--rdzv-endpoint "$head:29500"' in script
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")]).returncode == 0
 
 
 def test_plan_runs_the_planners_nth_plan(tmp_path, capsys, no_launch):

@@ -89,7 +89,7 @@ def test_report_table_beside_prediction(tmp_path):
     lines = proc.stdout.splitlines()
     # each rank holds half of ZeRO-3's shards and draws only those (meta-device init)
     assert lines[0] == "strategy dp=2,zero=3: fsdp(zero3)(dp=2), meta_init(gpt2, this rank drew 14,016 of 28,032 values)"
-    assert lines[1].split() == ["step", "loss", "time", "s", "samples/s", "peak", "MiB"]
+    assert lines[1].split() == ["step", "loss", "time", "s", "samples/s", "peak", "MB"]
     assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
     assert lines[5].startswith("measured: median step") and lines[6].startswith("predicted:")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
-from autopar.cli.tables import nbytes, seconds, si, table
+from autopar.cli.tables import nbytes, num, seconds, si, table
 from autopar.cost.model import CostModel
 from autopar.spec.strategy import Strategy
 
@@ -32,9 +32,9 @@ def run(args) -> int:
 def render(est, cluster) -> str:
     lines = [f"strategy: {est.strategy.to_text()}  ({est.devices_used} of {cluster.devices} devices"
              + (f", stages {'/'.join(map(str, est.stages))}" if est.stages else "") + ")"]
-    lines.append(f"step time: {seconds(est.step_time_s)}   throughput: {est.throughput_samples_s:.4g} samples/s"
+    lines.append(f"step time: {seconds(est.step_time_s)}   throughput: {num(est.throughput_samples_s, 4)} samples/s"
                  + (f" ({si(est.tokens_per_s)}tokens/s)" if est.tokens_per_s else "")
-                 + f"   {est.tflops_per_device:.4g} TFLOP/s per device, MFU {est.mfu:.1%}")
+                 + f"   {num(est.tflops_per_device, 4)} TFLOP/s per device, MFU {est.mfu:.1%}")
     if est.steps_factor != 1.0:
         lines.append(f"statistical efficiency: x{est.steps_factor:.3g} steps to the same loss; time to train {seconds(est.time_to_train_s)}")
     else:

@@ -7,7 +7,7 @@ from typing import Optional
 
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
 from autopar.cli.export_cmd import emit
-from autopar.cli.tables import nbytes, seconds, table
+from autopar.cli.tables import nbytes, num, seconds, table
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
 from autopar.export import parse_format
@@ -78,6 +78,9 @@ def busy_cores_note(cluster, load: Optional[float] = None) -> str:
             "so measured steps will be slower than these")
 
 
+STRATEGY_WIDTH = 35  # the table fits 100 columns; the full text is in --json and `why plan 1`
+
+
 def render(result) -> str:
     cl = result.cluster
     lines = [f"cluster: {cl.nodes} x {cl.devices_per_node} {cl.device.name} ({cl.devices} devices); "
@@ -85,9 +88,10 @@ def render(result) -> str:
     rows = []
     for p in result.plans:
         e = p.estimate
-        rows.append([p.rank, e.strategy.to_text(), e.devices_used, seconds(e.step_time_s), f"{e.throughput_samples_s:.4g}",
+        rows.append([p.rank, e.strategy.to_text(), e.devices_used, seconds(e.step_time_s), num(e.throughput_samples_s, 4),
                      nbytes(e.memory_per_device_bytes), f"{e.mfu:.1%}", seconds(e.time_to_train_s)])
-    lines.append(table(["#", "strategy", "devices", "step", "samples/s", "mem/device", "MFU", "time to train"], rows, "rlrrrrrr"))
+    lines.append(table(["#", "strategy", "devices", "step", "samples/s", "mem/device", "MFU", "time to train"], rows, "rlrrrrrr",
+                       wrap={1: STRATEGY_WIDTH}))
     busy = busy_cores_note(cl)
     if busy:
         lines.append(busy)

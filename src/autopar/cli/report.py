@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
+from autopar.cli.tables import nbytes
 from autopar.cost.estimate import Estimate
 from autopar.runtime.report import RunResult
 from autopar.spec.strategy import Strategy
@@ -21,14 +22,14 @@ def report_dict(result: RunResult, strategy: Strategy, prediction: Optional[Esti
 
 def format_report(result: RunResult, strategy: Strategy, prediction: Optional[Estimate], why_no_prediction: Optional[str] = None) -> str:
     lines = [f"strategy {strategy.to_text()}: " + ", ".join(result.applied or ["single process"])]
-    lines.append(f"{'step':>5} {'loss':>12} {'time s':>9} {'samples/s':>10} {'peak MiB':>9}")
+    lines.append(f"{'step':>5} {'loss':>12} {'time s':>9} {'samples/s':>10} {'peak MB':>9}")
     for i, (loss, t, mem) in enumerate(zip(result.losses, result.step_times_s, result.step_peak_memory_bytes)):
-        lines.append(f"{result.first_step + i + 1:>5} {loss:>12.6f} {t:>9.4f} {result.global_batch / t:>10.1f} {mem / 2**20:>9.1f}")
+        lines.append(f"{result.first_step + i + 1:>5} {loss:>12.6f} {t:>9.4f} {result.global_batch / t:>10.1f} {mem / 1e6:>9.1f}")
     measured = statistics.median(result.step_times_s) if result.step_times_s else float("nan")
-    lines.append(f"measured: median step {measured:.4f} s, peak memory {result.peak_memory_bytes / 2**20:.1f} MiB per process")
+    lines.append(f"measured: median step {measured:.4f} s, peak memory {nbytes(result.peak_memory_bytes)} per process")
     if prediction is None:
         lines.append(f"predicted: none ({why_no_prediction or 'no estimate'})")
     else:
         lines.append(f"predicted: step {prediction.step_time_s:.4f} s ({prediction.step_time_s / measured:.2f}x measured), "
-                     f"memory {prediction.memory_per_device_bytes / 2**20:.1f} MiB per device")
+                     f"memory {nbytes(prediction.memory_per_device_bytes)} per device")
     return "\n".join(lines)

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,17 +32,19 @@ from autopar.spec.strategy import Strategy
 def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="train the recipe with a strategy or a plan, under torchrun", description=__doc__.splitlines()[0])
     add_recipe_args(p)
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--strategy", metavar="TEXT", help='e.g. "dp=2,tp=2" or "pp=2,schedule=gpipe,microbatch=4"')
-    which.add_argument("--plan", metavar="N|FILE[:N]", help="run the planner's N-th plan (1 = its best), or plan N (default 1) "
-                       "of a saved plan (autopar plan RECIPE --json > FILE) without searching again")
+    which.add_argument("--plan", metavar="N|FILE[:N]", help="run the planner's N-th plan (default: 1, its best) for the nodes "
+                       "asked, or plan N of a saved plan (autopar plan RECIPE --json > FILE) without searching again")
     p.add_argument("--steps", type=int, metavar="K", help="optimizer steps (default: the recipe's)")
     p.add_argument("--nproc", type=int, metavar="N", help="devices per node (default: the strategy's devices / nnodes)")
     p.add_argument("--nnodes", type=int, default=1, metavar="N", help="nodes (one torchrun per node)")
     p.add_argument("--node-rank", type=int, default=0, metavar="I", help="this node's index, 0 .. nnodes-1")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address (node 0), needed with --nnodes > 1")
     p.add_argument("--rdzv-id", default="autopar", metavar="ID", help="job id shared by all nodes of one run")
-    p.add_argument("--print-command", action="store_true", help="print the torchrun command and exit")
+    p.add_argument("--print-command", action="store_true", help="print the torchrun command and exit (with --nnodes > 1 "
+                   "also write a Slurm batch script, --slurm FILE)")
+    p.add_argument("--slurm", metavar="FILE", default="autopar.sbatch", help="with --print-command and --nnodes > 1: the sbatch script to write")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--checkpoint", metavar="DIR", help="save DIR/step-<k>/ (DCP) and resume from DIR's latest step, under any synchronous strategy")
     p.add_argument("--save-every", type=int, metavar="N", help="with --checkpoint: also save every N steps (default: at the end only)")
@@ -52,13 +57,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # the runtime (torch.distributed) loads only when a run is asked for: `autopar plan` never imports it
-    from autopar.runtime.launch import Rendezvous, WorkerArgs, launch, preflight, printable
+    from autopar.runtime.launch import Rendezvous, WorkerArgs, launch, preflight, printable, slurm_script
     from autopar.runtime.train import with_stages
 
     recipe, cluster = load_inputs(args)
     rdzv = Rendezvous(args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_id)
     rdzv.check()
-    strategy = Strategy.parse(args.strategy) if args.strategy is not None else strategy_from_plan(recipe, cluster, args.plan, rdzv.nnodes)
+    strategy = Strategy.parse(args.strategy) if args.strategy is not None else strategy_from_plan(recipe, cluster, args.plan or "1", rdzv.nnodes)
     steps = args.steps if args.steps is not None else recipe.steps_to_train()
     if steps < 1:
         raise InputError("--steps", steps, "expected an integer >= 1")
@@ -71,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
                         trust_checkpoint=args.trust_checkpoint)
     if args.print_command:
         print(printable(strategy, rdzv, worker))
+        if rdzv.nnodes > 1:
+            gpus = cluster is not None and not cluster.device.shared_memory
+            write_text_atomic(args.slurm, slurm_script(strategy, rdzv, worker, gpus), "--slurm")
+            print(f"autopar: wrote {args.slurm} (sbatch {args.slurm}: one torchrun per node, rendezvous on the first)", file=sys.stderr)
         return 0
     if args.checkpoint is None:
         return launch(strategy, rdzv, worker)
@@ -102,22 +111,50 @@ def check_checkpoint(args: argparse.Namespace, recipe, strategy: Strategy, steps
 def strategy_from_plan(recipe: Recipe, cluster: Optional[Cluster], which: str, nnodes: int) -> Strategy:
     """`--plan N`: the planner's N-th plan (1-based) for this recipe and cluster.
     `--plan FILE[:N]`: plan N (default 1) of a saved plan, made for this recipe."""
-    from autopar.plan.planner import plan
-
     if which.isdigit():
-        result = plan(recipe, cluster or parse_cluster({"preset": "cpu-local", "nodes": nnodes}))
-        n = int(which)
-    else:
-        path, sep, index = which.rpartition(":")
-        if not sep or not index.isdigit():
-            path, index = which, ""
-        result = load_plan(path)
-        if result.recipe_key and result.recipe_key != recipe_fingerprint(recipe):
-            raise InputError("--plan", path, "was planned for another recipe (model, data or training differ); plan this recipe again")
-        n = int(index or 1)
+        return _nth_plan_for_nodes(recipe, cluster or parse_cluster({"preset": "cpu-local", "nodes": nnodes}), int(which), nnodes)
+    path, sep, index = which.rpartition(":")
+    if not sep or not index.isdigit():
+        path, index = which, ""
+    result = load_plan(path)
+    if result.recipe_key and result.recipe_key != recipe_fingerprint(recipe):
+        raise InputError("--plan", path, "was planned for another recipe (model, data or training differ); plan this recipe again")
+    n = int(index or 1)
     if not 1 <= n <= len(result.plans):
         raise InputError("--plan", which, f"expected a plan number 1 .. {len(result.plans)} (the planner found {len(result.plans)} plans)")
     return result.plans[n - 1].strategy
+
+
+def _nth_plan_for_nodes(recipe: Recipe, cluster: Cluster, n: int, nnodes: int) -> Strategy:
+    """The n-th best plan that runs on `nnodes` nodes of this kind: planned for that many nodes,
+    keeping the plans whose processes split evenly over them (plan 1 on one node may be
+    threads=2, which one process cannot spread over two)."""
+    from autopar.plan.planner import plan
+    from autopar.techniques import Launch, check_devices
+
+    if n < 1:
+        raise InputError("--plan", n, "expected a plan number >= 1")
+    if nnodes != cluster.nodes:
+        cluster = replace(cluster, nodes=nnodes)
+    result = plan(recipe, cluster, top_k=5 if nnodes == 1 else max(5, n) * 4)  # one node: the plans `autopar plan` lists
+    runnable = [p.strategy for p in result.plans if nnodes == 1
+                or check_devices(p.strategy, Launch(nproc=p.strategy.devices // nnodes // p.strategy.threads, nnodes=nnodes)) is None]
+    if len(runnable) < n:
+        where = "" if nnodes == 1 else f" that split over {nnodes} nodes"
+        raise InputError("--plan", n, f"expected a plan number 1 .. {len(runnable)} (the planner found {len(runnable)} plans{where})")
+    return runnable[n - 1]
+
+
+def write_text_atomic(path: str, text: str, field: str) -> None:
+    """Write `text` to `path` through a temp file renamed into place (never half-written)."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=str(target.parent) or ".", prefix=f".{target.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except OSError as err:
+        raise InputError(field, path, f"cannot be written ({err.strerror or err})") from None
 
 
 def load_plan(path: str) -> PlanResult:

@@ -115,6 +115,23 @@ def printable(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> str:
     return f"{env} {shlex.join(['torchrun', *torchrun_args(strategy, rdzv, worker)])}"
 
 
+def slurm_script(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs, gpus: bool, port: int = 29500) -> str:
+    """An sbatch script for a multi-node run: one torchrun per node (srun), the c10d
+    rendezvous on the allocation's first node, the job id as the rendezvous id."""
+    nproc = processes_per_node(strategy, rdzv)
+    env = "\n".join(f"export {k}={shlex.quote(v if k != USER_PATH_ENV else '$SLURM_SUBMIT_DIR')}" for k, v in worker_env(strategy).items())
+    env = env.replace("'$SLURM_SUBMIT_DIR'", '"$SLURM_SUBMIT_DIR"')
+    torchrun = ["torchrun", "--nnodes", str(rdzv.nnodes), "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", '"$head:' + str(port) + '"', "--rdzv-id", '"$SLURM_JOB_ID"', "--max-restarts", "0",
+                "-m", WORKER_MODULE, *(shlex.quote(a) for a in worker.argv())]
+    lines = ["#!/bin/bash", f"# autopar: {strategy.to_text()} on {rdzv.nnodes} nodes x {nproc} processes",
+             "#SBATCH --job-name=autopar", f"#SBATCH --nodes={rdzv.nnodes}", "#SBATCH --ntasks-per-node=1",
+             *([f"#SBATCH --gpus-per-node={nproc}"] if gpus else []), "#SBATCH --exclusive",
+             "set -euo pipefail", 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)', env,
+             "srun " + " ".join(torchrun)]
+    return "\n".join(lines) + "\n"
+
+
 def launch(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> int:
     """Run torchrun in the foreground; returns 0, or the exit code of the first failed worker."""
     os.environ.update(worker_env(strategy))
