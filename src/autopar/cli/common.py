@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Optional
 
 from autopar.errors import InputError
@@ -57,3 +60,18 @@ def _default(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return value.to_dict()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_text_atomic(path: str, text: str, field: str) -> None:
+    """Write `text` to `path` through a temp file renamed into place (never half-written)."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=str(target.parent) or ".", prefix=f".{target.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a normal file's mode (mkstemp makes it private)
+        os.replace(tmp, target)
+    except OSError as err:
+        raise InputError(field, path, f"cannot be written ({err.strerror or err})") from None

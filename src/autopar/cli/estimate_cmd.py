@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
+from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster, write_text_atomic
 from autopar.cli.tables import nbytes, num, seconds, si, table
 from autopar.cost.model import CostModel
 from autopar.spec.strategy import Strategy
@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     add_recipe_args(p)
     p.add_argument("--strategy", required=True, help='e.g. "dp=16,tp=8,pp=8,microbatch=1,recompute=full"')
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (step time and memory plots)")
     p.set_defaults(func=run)
 
 
@@ -21,7 +22,12 @@ def run(args) -> int:
     recipe, cluster = load_inputs(args)
     cluster = require_cluster(cluster)
     strategy = Strategy.parse(args.strategy)
-    est = CostModel.for_recipe(recipe, cluster).estimate(strategy)
+    model = CostModel.for_recipe(recipe, cluster)
+    est = model.estimate(strategy)
+    if args.report:
+        from autopar.report import estimate_page
+
+        write_text_atomic(args.report, estimate_page(est, model.capacity_bytes(strategy)), "--report")
     if args.json:
         print_json(est.to_dict())
         return 0

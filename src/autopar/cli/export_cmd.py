@@ -3,12 +3,10 @@ torchtitan, Megatron-LM, DeepSpeed or accelerate config (autopar/export)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
-from autopar.cli.common import add_recipe_args, load_inputs, require_cluster
+from autopar.cli.common import add_recipe_args, load_inputs, require_cluster, write_text_atomic
 from autopar.errors import InputError
 from autopar.export import Format, export, parse_format
 from autopar.spec.cluster import Cluster
@@ -51,14 +49,7 @@ def emit(fmt: Format, strategy: Strategy, recipe: Recipe, cluster: Cluster, out:
     if out is None:
         print(text, end="")
         return
-    target = Path(out)
-    if target.is_dir():
+    if Path(out).is_dir():
         raise InputError("--out", out, "is a directory; give a file name")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except OSError as err:
-        raise InputError("--out", out, f"cannot be written ({err.strerror or err})") from None
-    print(f"autopar: wrote {fmt.value} config for {strategy.to_text()} to {target}")
+    write_text_atomic(out, text, "--out")
+    print(f"autopar: wrote {fmt.value} config for {strategy.to_text()} to {out}")

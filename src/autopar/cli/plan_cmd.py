@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
+from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster, write_text_atomic
 from autopar.cli.export_cmd import emit
 from autopar.cli.tables import nbytes, num, seconds, table
 from autopar.cost.model import CostModel
@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--export", metavar="FORMAT", help="also write plan 1 as a torchtitan, megatron, deepspeed or accelerate config "
                                                       "(printed alone, or to --out FILE beside the table)")
     p.add_argument("--out", metavar="FILE", help="with --export: the file to write")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report: plans, why, step time and memory "
+                                                       "plots, plan 1's pipeline timeline, time to train against devices")
     p.set_defaults(func=run)
 
 
@@ -44,6 +46,10 @@ def run(args) -> int:
         raise InputError("--out", args.out, "needs --export FORMAT (what to write)")
     fmt = parse_format(args.export, "--export") if args.export else None
     result = plan(recipe, cluster, top_k=args.top, fix=fix, objective=Objective(args.objective))
+    if args.report:
+        from autopar.report import plan_page
+
+        write_text_atomic(args.report, plan_page(result, CostModel.for_recipe(recipe, cluster, result.profile)), "--report")
     if fmt is not None and args.out is None:  # the config alone on stdout, for a pipe or a redirect
         emit(fmt, result.plans[0].strategy, recipe, cluster, None, "--export")
         return 0

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from autopar.cli.common import add_recipe_args, load_inputs
+from autopar.cli.common import add_recipe_args, load_inputs, write_text_atomic
 from autopar.errors import InputError
 from autopar.plan.result import PlanResult, recipe_fingerprint
 from autopar.spec.cluster import Cluster, local_cluster, parse_cluster
@@ -143,18 +141,6 @@ def _nth_plan_for_nodes(recipe: Recipe, cluster: Cluster, n: int, nnodes: int) -
         where = "" if nnodes == 1 else f" that split over {nnodes} nodes"
         raise InputError("--plan", n, f"expected a plan number 1 .. {len(runnable)} (the planner found {len(runnable)} plans{where})")
     return runnable[n - 1]
-
-
-def write_text_atomic(path: str, text: str, field: str) -> None:
-    """Write `text` to `path` through a temp file renamed into place (never half-written)."""
-    target = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=str(target.parent) or ".", prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except OSError as err:
-        raise InputError(field, path, f"cannot be written ({err.strerror or err})") from None
 
 
 def load_plan(path: str) -> PlanResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster
+from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster, write_text_atomic
 from autopar.cli.tables import nbytes, seconds, table
 from autopar.errors import InputError
 from autopar.plan.planner import plan
@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=3, metavar="K", help="planner plans to run (default 3)")
     p.add_argument("--steps", type=int, default=8, metavar="N", help="steps per run (default 8; the first is a warm-up)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (predicted against measured)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +48,10 @@ def run(args) -> int:
 
     rows = validate(recipe, args.recipe, cluster, chosen, args.steps, getattr(args, "cluster", None), progress)
     sc = score(rows)
+    if args.report:
+        from autopar.report import validate_page
+
+        write_text_atomic(args.report, validate_page(rows, sc), "--report")
     if args.json:
         print_json({"rows": [r.to_dict() for r in rows], **sc.to_dict()})
         return 0
