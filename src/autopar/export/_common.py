@@ -36,3 +36,10 @@ def accumulation(s: Strategy, recipe: Recipe) -> int:
 
 def precision_name(p: Precision) -> str:
     return {Precision.FP32: "fp32", Precision.BF16: "bf16", Precision.FP16: "fp16"}[p]
+
+
+def replica_problem(s: Strategy, who: str) -> Optional[str]:
+    """Every launcher here trains synchronous sample-parallel replicas, one process per device."""
+    if s.threads > 1 or s.is_async or s.subnet or s.data_partition.value != "samples":
+        return f"{who} trains synchronous sample-parallel replicas (no threads, local SGD, subnets or feature partitions)"
+    return None

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import yaml
 
-from autopar.export._common import nodes_and_procs
+from autopar.export._common import nodes_and_procs, replica_problem
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision, Recompute
 from autopar.spec.recipe import Recipe
@@ -24,8 +24,8 @@ def unsupported(s: Strategy) -> Optional[str]:
         return "accelerate's fsdp_activation_checkpointing wraps whole blocks: use recompute=full or none"
     if s.dp_shard is not None:
         return "HSDP is not written here: export to torchtitan"
-    if s.threads > 1 or s.is_async or s.subnet or s.data_partition.value != "samples":
-        return "accelerate trains synchronous sample-parallel replicas"
+    if (problem := replica_problem(s, "accelerate")) is not None:
+        return problem
     return None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from autopar.export._common import replica_problem
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision, Recompute
 from autopar.spec.recipe import Recipe
@@ -20,8 +21,8 @@ def unsupported(s: Strategy) -> Optional[str]:
         return "DeepSpeed's activation checkpointing has no selective (attention-core) mode: use recompute=full or none"
     if s.dp_shard is not None:
         return "DeepSpeed has no HSDP (ZeRO++'s hpZ keeps a secondary copy, not replicas): export to torchtitan"
-    if s.threads > 1 or s.is_async or s.subnet or s.data_partition.value != "samples":
-        return "DeepSpeed trains synchronous sample-parallel replicas"
+    if (problem := replica_problem(s, "DeepSpeed")) is not None:
+        return problem
     return None
 
 

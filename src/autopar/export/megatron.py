@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Optional
 
-from autopar.export._common import transformer_dims
+from autopar.export._common import replica_problem, transformer_dims
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision, Recompute, Schedule
 from autopar.spec.recipe import Recipe
@@ -25,8 +25,8 @@ def unsupported(s: Strategy) -> Optional[str]:
                 "use zero=1 or 3, or export to torchtitan or deepspeed")
     if s.offload or s.dp_shard is not None:
         return "Megatron-LM has no host offload of ZeRO-3 shards or HSDP here: export to torchtitan or deepspeed"
-    if s.threads > 1 or s.is_async or s.subnet or s.data_partition.value != "samples":
-        return "Megatron-LM trains synchronous sample-parallel replicas"
+    if (problem := replica_problem(s, "Megatron-LM")) is not None:
+        return problem
     if s.stages is not None and s.pp > 1 and _layout_args(s) is None:
         return f"Megatron-LM cuts uniform stages (or a different first/last stage); stages {'/'.join(map(str, s.stages))} are neither"
     return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from typing import Any, Optional
 
-from autopar.export._common import transformer_dims
+from autopar.export._common import replica_problem, transformer_dims
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Precision, Recompute, Schedule
 from autopar.spec.recipe import Recipe
@@ -26,9 +26,7 @@ def unsupported(s: Strategy) -> Optional[str]:
         return "torchtitan has no ZeRO-1 (optimizer states only): use zero=2, or export to deepspeed or megatron"
     if s.tp > 1 and not s.sequence_parallel:
         return "torchtitan's tensor parallelism shards the norms by sequence: use sequence_parallel=true"
-    if s.threads > 1 or s.is_async or s.subnet or s.data_partition.value != "samples":
-        return "torchtitan trains synchronous sample-parallel replicas (no threads, local SGD, subnets or feature partitions)"
-    return None
+    return replica_problem(s, "torchtitan")
 
 
 def _value(v: Any) -> str:
