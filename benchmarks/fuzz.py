@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the generator lives with the tests
 
-from tests.fuzz import make_case, run_case  # noqa: E402
+from tests.fuzz import make_case, run_case, warm_up  # noqa: E402
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     examples: dict[str, str] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        warm_up(Path(tmp))
         for _ in range(calls):
             case = make_case(rng)
             outcome = run_case(case, Path(tmp))

@@ -150,6 +150,19 @@ def _strict(value: str):
     raise ValueError(f"non-finite number {value} in JSON output")
 
 
+def warm_up(workdir: Path) -> None:
+    """Import and trace once, outside the hang alarm, each base recipe through every command:
+    an alarm firing inside torch's first lazy imports (seconds on a loaded machine) leaves its
+    operator registry half-built, and every later call then fails (seen: 'Only a single
+    TORCH_LIBRARY can be used to register the namespace triton', then a segfault)."""
+    for base in BASES:
+        path = workdir / "warm.yaml"
+        path.write_bytes(_dump(base))
+        for argv in (["profile", "--json"], ["estimate", "--strategy", "dp=2", "--json"], ["plan", "--top", "1", "--json"]):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                main([argv[0], str(path), *argv[1:]])
+
+
 def run_case(case: Case, workdir: Path, limit_s: float = 10.0) -> Outcome:
     path = workdir / "recipe.yaml"
     path.write_bytes(case.text)

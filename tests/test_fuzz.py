@@ -5,11 +5,12 @@ strict JSON. `python benchmarks/fuzz.py N SEED` runs more and prints the counts.
 import random
 from collections import Counter
 
-from tests.fuzz import make_case, run_case
+from tests.fuzz import make_case, run_case, warm_up
 
 
 def test_two_thousand_fuzzed_calls_get_clean_answers(tmp_path):
     rng = random.Random(20261202)
+    warm_up(tmp_path)
     counts, bad = Counter(), []
     for _ in range(2000):
         case = make_case(rng)
