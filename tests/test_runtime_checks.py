@@ -142,6 +142,16 @@ def test_run_exits_2_before_any_process(tmp_path, capsys, no_launch, args, expec
     assert expected in err and err.count("\n") == 1, err
 
 
+def test_a_strategy_needing_more_devices_than_the_cluster_has_is_refused(tmp_path, capsys, no_launch):
+    """The recipe's cluster (cpu-local here: this machine's cores) bounds what run launches,
+    unless --nproc oversubscribes on purpose."""
+    raw = {**GPT, "cluster": {"preset": "cpu-local", "nodes": 1, "devices_per_node": 2}}
+    assert main(["run", _recipe(tmp_path, raw), "--strategy", "dp=4", "--print-command"]) == 2
+    err = capsys.readouterr().err
+    assert "needs 4 devices; 1 node(s) of cluster" in err and "have 2" in err and err.count("\n") == 1
+    assert main(["run", _recipe(tmp_path, raw), "--strategy", "dp=4", "--nproc", "4", "--print-command"]) == 0
+
+
 def test_run_checks_the_loader_before_launch(tmp_path, capsys, no_launch):
     raw = {**MLP, "data": {"samples": 64, "loader": "no_such_pkg.data:load"}}
     assert main(["run", _recipe(tmp_path, raw), "--strategy", "dp=2"]) == 2

@@ -41,7 +41,9 @@ def run(args) -> int:
     print(render(result))
     best = result.plans[0]
     strategy = best.strategy
-    print(f"\n== 2. run plan 1 ({strategy.to_text()}) for {args.steps} steps under torchrun ==", flush=True)
+    processes = strategy.devices // strategy.threads
+    where = "in a single process" if processes == 1 else f"under torchrun, {processes} processes"
+    print(f"\n== 2. run plan 1 ({strategy.to_text()}) for {args.steps} steps {where} ==", flush=True)
     rdzv = Rendezvous()
     preflight(recipe, strategy, strategy.devices, rdzv.nnodes)
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else recipe.steps_to_train()
     if steps < 1:
         raise InputError("--steps", steps, "expected an integer >= 1")
+    if args.nproc is None and cluster is not None and strategy.devices > cluster.devices_per_node * rdzv.nnodes:
+        have = cluster.devices_per_node * rdzv.nnodes
+        raise InputError("--strategy", strategy.to_text(),
+                         f"needs {strategy.devices} devices; {rdzv.nnodes} node(s) of cluster {cluster.name} have {have}: "
+                         f"use a strategy of at most {have} devices, more --nnodes, or --nproc to oversubscribe on purpose")
     nproc = args.nproc if args.nproc is not None else max(1, strategy.devices // rdzv.nnodes)
     preflight(recipe, strategy, nproc, rdzv.nnodes)
     check_checkpoint(args, recipe, strategy, steps)
