@@ -116,3 +116,21 @@ def test_export_command_writes_the_file_whole_or_not_at_all(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "deepspeed" in err
     assert not refused.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gpt3.yaml", "titan.toml"]
     assert main(["export", str(recipe), "--to", "xml"]) == 2
+
+
+def test_a_saved_plan_exports_without_its_recipe_file(tmp_path, capsys):
+    """autopar plan RECIPE --json > PLAN.json carries the recipe: export PLAN.json --to F
+    writes plan N of it, the same text as exporting from the recipe."""
+    recipe = tmp_path / "gpt3.yaml"
+    recipe.write_text(yaml.safe_dump({"model": GPT3, "data": {"samples": 10**6},
+                                      "training": {"global_batch": 1536, "optimizer": "adam", "precision": "bf16", "steps": 1000},
+                                      "cluster": {"preset": "dgx-a100-80gb", "nodes": 128}}))
+    assert main(["plan", str(recipe), "--json", "--top", "2"]) == 0
+    saved = tmp_path / "plan.json"
+    saved.write_text(capsys.readouterr().out)
+    assert main(["export", str(saved), "--to", "torchtitan", "--plan", "2"]) == 0
+    from_saved = capsys.readouterr().out
+    second = json.loads(saved.read_text())["plans"][1]["strategy"]
+    assert main(["export", str(recipe), "--to", "torchtitan", "--strategy", Strategy.from_dict(second).to_text()]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == from_saved.splitlines()[1:]  # the header names the cluster as saved
+    assert main(["export", str(saved), "--to", "torchtitan", "--plan", "3"]) == 2

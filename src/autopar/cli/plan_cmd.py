@@ -55,7 +55,9 @@ def run(args) -> int:
         return 0
     reason = _why_not(why, result, recipe, cluster, Objective(args.objective), fix) if why is not None else None
     if args.json:
-        print_json({**result.to_dict(), **({"why": {"strategy": why.to_dict(), "reason": reason}} if why else {})})
+        # the recipe rides along, so `autopar export PLAN.json --to F` needs nothing else
+        print_json({**result.to_dict(), "recipe_spec": recipe.model_dump(mode="json", exclude_none=True),
+                    **({"why": {"strategy": why.to_dict(), "reason": reason}} if why else {})})
         return 0
     print(render(result))
     if why is not None:
