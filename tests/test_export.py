@@ -43,14 +43,16 @@ CASES = {  # format: strategies it must carry (GPT-3 175B unless the model is na
                       "dp=16,tp=8,pp=8,zero=1,microbatch=1,schedule=interleaved,virtual_stages=2,recompute=full,sequence_parallel=true",
                       "dp=8,tp=8,pp=16,microbatch=1,recompute=full", "moe:dp=128,tp=4,cp=2,ep=8,microbatch=1,sequence_parallel=true"],
     Format.DEEPSPEED: ["dp=768,zero=3,microbatch=1,recompute=full", "dp=768,zero=3,offload=true,microbatch=1", "dp=512,zero=1"],
-    Format.ACCELERATE: ["dp=768,zero=3,microbatch=1,recompute=full", "dp=768,zero=2", "dp=512,zero=3,offload=true"],
+    Format.ACCELERATE: ["dp=768,zero=3,microbatch=1,recompute=full", "dp=768,zero=2", "dp=512,zero=3,offload=true",
+                        "dp=128,tp=8,zero=3,microbatch=6,sequence_parallel=true", "moe-dense:dp=128,tp=4,cp=2,zero=3,microbatch=1"],
 }
 
 
 def _strategies(fmt):
     for text in CASES[fmt]:
         model, _, knobs = text.rpartition(":")
-        recipe = _recipe(LLAMA_MOE if model == "moe" else GPT3, 1024 if model == "moe" else 1536)
+        dense = {k: v for k, v in LLAMA_MOE.items() if k not in ("experts", "top_k")}
+        recipe = _recipe({"moe": LLAMA_MOE, "moe-dense": dense}.get(model, GPT3), 1024 if model.startswith("moe") else 1536)
         yield recipe, _laid_out(Strategy.parse(knobs), recipe)
 
 
@@ -79,7 +81,8 @@ def test_the_files_parse_as_their_formats():
 
 @pytest.mark.parametrize("fmt, text, needle", [
     (Format.DEEPSPEED, "dp=128,tp=8,zero=3", "model parallelism is in Megatron-DeepSpeed's code"),
-    (Format.ACCELERATE, "dp=128,pp=8,microbatch=1", "export to torchtitan or megatron"),
+    (Format.ACCELERATE, "dp=128,pp=8,microbatch=1", "no pipeline or expert parallelism"),
+    (Format.ACCELERATE, "dp=128,tp=8,recompute=selective,sequence_parallel=true", "use zero=2 or 3"),
     (Format.MEGATRON, "dp=128,pp=8,microbatch=1,schedule=zbv,virtual_stages=2", "not zbv"),
     (Format.MEGATRON, "dp=768,zero=2", "whole gradient buffers"),
     (Format.TORCHTITAN, "dp=768,zero=1", "no ZeRO-1"),
