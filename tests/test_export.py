@@ -12,9 +12,8 @@ import yaml
 from autopar.cli.main import main
 from autopar.cost.model import CostModel
 from autopar.errors import InputError
-from autopar.export import Format, export, read_layers
+from autopar.export import Format, export, read_back
 from autopar.spec.cluster import parse_cluster
-from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.recipe import parse_recipe
 from autopar.spec.strategy import Strategy
 
@@ -60,7 +59,7 @@ def _strategies(fmt):
 def test_each_export_reads_back_to_its_strategy(fmt):
     for recipe, s in _strategies(fmt):
         text = export(fmt, s, recipe, DGX)
-        got = read_layers(fmt, text, recipe.model.layers)
+        got = read_back(fmt, text, recipe.model.layers)
         G = recipe.training.global_batch
         for key, value in got.items():
             want = s.microbatch_size(G) if key == "microbatch" else getattr(s, key)
@@ -94,12 +93,11 @@ def test_what_a_format_cannot_say_is_refused(fmt, text, needle):
 
 
 def test_megatron_takes_uniform_stages_or_a_different_first_and_last():
-    recipe, s = _recipe(), Strategy.parse("dp=16,tp=8,pp=8,microbatch=1")
+    recipe = _recipe()
     args = export(Format.MEGATRON, Strategy.parse("dp=16,tp=8,pp=8,microbatch=1,stages=11/12x6/13"), recipe, DGX)
     assert "--decoder-first-pipeline-num-layers 11" in args and "--decoder-last-pipeline-num-layers 13" in args
     with pytest.raises(InputError, match="neither"):
         export(Format.MEGATRON, Strategy.parse("dp=16,tp=8,pp=8,microbatch=1,stages=11/13/12x5/12"), recipe, DGX)
-    assert s.schedule is Schedule.ONE_F_ONE_B and Recompute.NONE is s.recompute
 
 
 def test_export_command_writes_the_file_whole_or_not_at_all(tmp_path, capsys):

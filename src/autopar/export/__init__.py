@@ -1,7 +1,7 @@
 """Hand a strategy to the launchers people run: torchtitan (TOML job config), Megatron-LM
 (command-line arguments), DeepSpeed (JSON config) and Hugging Face accelerate (YAML config).
 
-`export(fmt, strategy, recipe, cluster)` writes one file's text; `read_back(fmt, text)` reads
+`export(fmt, strategy, recipe, cluster)` writes one file's text; `read_back(fmt, text, layers)` reads
 the parallel knobs back out of such a file into Strategy fields (tests check the round trip
 on every plan they export). A knob a format has no way to say is refused in one line that
 names the format to use instead, never dropped.
@@ -10,7 +10,7 @@ names the format to use instead, never dropped.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 from autopar.errors import InputError
 from autopar.export import accelerate, deepspeed, megatron, torchtitan
@@ -27,7 +27,6 @@ class Format(str, Enum):
 
 
 _MODULES = {Format.TORCHTITAN: torchtitan, Format.MEGATRON: megatron, Format.DEEPSPEED: deepspeed, Format.ACCELERATE: accelerate}
-SUFFIX = {Format.TORCHTITAN: ".toml", Format.MEGATRON: ".sh", Format.DEEPSPEED: ".json", Format.ACCELERATE: ".yaml"}
 
 
 def parse_format(text: str, field: str = "--to") -> Format:
@@ -46,11 +45,7 @@ def export(fmt: Format, s: Strategy, recipe: Recipe, cluster: Cluster, field: st
     return module.write(s, recipe, cluster)
 
 
-def read_layers(fmt: Format, text: str, layers: int) -> dict[str, Any]:
-    """read_back for a model of `layers` blocks (formats that name stage starts, not counts)."""
+def read_back(fmt: Format, text: str, layers: Optional[int] = None) -> dict[str, Any]:
+    """The Strategy fields a file of this format sets (the inverse of export on what it carries);
+    `layers`: the model's blocks, for formats that name stage starts rather than counts."""
     return _MODULES[fmt].read(text, layers)
-
-
-def read_back(fmt: Format, text: str) -> dict[str, Any]:
-    """The Strategy fields a file of this format sets (the inverse of export on what it carries)."""
-    return _MODULES[fmt].read(text)

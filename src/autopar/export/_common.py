@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from autopar.spec.cluster import Cluster
-from autopar.spec.enums import Precision
 from autopar.spec.recipe import GPTSpec, LlamaSpec, Recipe
 from autopar.spec.strategy import Strategy
 
@@ -26,16 +25,10 @@ def nodes_and_procs(s: Strategy, cluster: Cluster) -> tuple[int, int]:
     return -(-s.devices // per_node), per_node
 
 
-def microbatch(s: Strategy, recipe: Recipe) -> int:
-    return s.microbatch_size(recipe.training.global_batch)
 
 
-def accumulation(s: Strategy, recipe: Recipe) -> int:
-    return s.num_microbatches(recipe.training.global_batch)
 
 
-def precision_name(p: Precision) -> str:
-    return {Precision.FP32: "fp32", Precision.BF16: "bf16", Precision.FP16: "fp16"}[p]
 
 
 def replica_problem(s: Strategy, who: str) -> Optional[str]:
