@@ -373,30 +373,25 @@ def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, 
     return pairs
 
 
-def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Strategy | dict] = None,
-         objective: Objective = Objective.TIME, profile: Optional[ModelProfile] = None, advise: bool = True) -> PlanResult:
-    t_profile = time.perf_counter()
-    model = CostModel.for_recipe(recipe, cluster, profile)
-    t0 = time.perf_counter()
-    profile_s = t0 - t_profile
-    fixed = _fixed(fix)
-    ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
-                        max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
-    search = _Search(model, ctx, objective, top_k, fixed)
+def _seed(search: _Search) -> None:
+    """Push every structure the --fix values and a pipeline's micro-batch need leave."""
+    ctx, fixed = search.ctx, search.fixed
     for c in structures(ctx, search.pruned):
         if any(k in c and c[k] != v for k, v in fixed.items()):
             continue
-        fam = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], sync=c["sync"], data_partition=c["data_partition"],
-                                 subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1), cp=c.get("cp", 1)))
         if not microbatches(ctx, c):  # a pipeline needs pp micro-batches of at least one sample each
             local = ctx.global_batch // c["dp"]
-            search.family_problem.setdefault(fam, f"per-replica batch {local} < pp {c['pp']}: a pipeline of {c['pp']} stages "
-                                                  f"needs at least {c['pp']} micro-batches (dp={c['dp']})")
+            search.family_problem.setdefault(search.family(c, Sharding()), f"per-replica batch {local} < pp {c['pp']}: a pipeline of "
+                                             f"{c['pp']} stages needs at least {c['pp']} micro-batches (dp={c['dp']})")
             _count(search, "batch-below-pp")
             continue
         found = _structure(search, c)
         if found is not None:
             _push(search, found)
+
+
+def _run(search: _Search) -> None:
+    """Best-first: pop the least floor, skip it if beaten, else split it (or price a leaf)."""
     while search.heap:
         _, _, item = heapq.heappop(search.heap)
         if _beaten(search, item.floors):
@@ -420,6 +415,20 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
                 continue
             for group in _groups(search, item):
                 _push(search, group)
+
+
+def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Strategy | dict] = None,
+         objective: Objective = Objective.TIME, profile: Optional[ModelProfile] = None, advise: bool = True) -> PlanResult:
+    t_profile = time.perf_counter()
+    model = CostModel.for_recipe(recipe, cluster, profile)
+    t0 = time.perf_counter()
+    profile_s = t0 - t_profile
+    fixed = _fixed(fix)
+    ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
+                        max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
+    search = _Search(model, ctx, objective, top_k, fixed)
+    _seed(search)
+    _run(search)
     for fam, (_, s) in list(search.lean.items()):
         if fam not in search.family_smallest:
             search.consider(s)
