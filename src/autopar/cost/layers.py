@@ -10,6 +10,7 @@ one subtraction. Identical layers share one computation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import accumulate
 from typing import Optional, Sequence
 
@@ -82,20 +83,52 @@ def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompu
 
 
 class LayerTable:
-    """Per-layer costs in model order, with prefix sums for range queries."""
+    """Per-layer costs in model order, with prefix sums for range queries.
+
+    Identical layers share one LayerCosts, so whole-model totals come from the runs
+    (a GPT: 3 runs, not 98 layers); the prefix sums are built on first use only, as a
+    search prices far fewer settings than it bounds."""
 
     def __init__(self, costs: Sequence[LayerCosts]):
         self.costs = list(costs)
-        self.times = [c.time_s for c in costs]
-        self.time = _prefix(self.times)
-        self.prefix = {f: _prefix([getattr(c, f) for c in costs]) for f in FIELDS}
-        self.max_params = max((c.params for c in costs), default=0.0)
         runs = run_lengths(self.costs, lambda a, b: a is b)  # identical layers share one LayerCosts
+        self.cost_runs = runs
         self.runs = tuple((c.time_s, n) for c, n in runs)
+        self.max_params = max((c.params for c in costs), default=0.0)
         self._working_runs, start = [], 0  # (first layer, end layer, working bytes) per run
         for c, n in runs:
             self._working_runs.append((start, start + n, c.working_bytes))
             start += n
+        self.prefix = _Prefixes(self.costs)
+        self._totals: dict[str, float] = {}
+        self._unit_range: dict[int, tuple] = {}
+
+    @cached_property
+    def times(self) -> list[float]:
+        return [c.time_s for c in self.costs]
+
+    @cached_property
+    def time(self) -> list[float]:
+        return _prefix(self.times)
+
+    def total(self, field: str) -> float:
+        """Sum of `field` over every layer (from the runs; memoised)."""
+        found = self._totals.get(field)
+        if found is None:
+            found = self._totals[field] = sum(getattr(c, field) * n for c, n in self.cost_runs)
+        return found
+
+    def unit_time_range(self, units: Sequence[tuple[int, int]]) -> tuple[float, float]:
+        """(slowest, fastest) time of the layer ranges `units` (block units; memoised per units)."""
+        key = id(units)
+        found = self._unit_range.get(key)
+        if found is None or found[0] is not units:
+            times = [self.range_time(a, e) for a, e in units]
+            found = self._unit_range[key] = (units, max(times), min(times))
+        return found[1], found[2]
+
+    def total_time_s(self) -> float:
+        return sum(t * n for t, n in self.runs)
 
     def range_sum(self, field: str, start: int, end: int) -> float:
         p = self.prefix[field]
@@ -107,6 +140,18 @@ class LayerTable:
     def max_working(self, start: int, end: int) -> float:
         """Largest working set among layers [start, end): one pass over the runs, not the layers."""
         return max((w for a, e, w in self._working_runs if a < end and e > start), default=0.0)
+
+
+class _Prefixes(dict):
+    """field -> prefix sums over the layers, computed when first read."""
+
+    def __init__(self, costs: Sequence[LayerCosts]):
+        super().__init__()
+        self._costs = costs
+
+    def __missing__(self, field: str) -> list[float]:
+        found = self[field] = _prefix([getattr(c, field) for c in self._costs])
+        return found
 
 
 def _prefix(values: Sequence[float]) -> list[float]:

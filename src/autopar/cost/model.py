@@ -301,16 +301,21 @@ class CostModel:
             states = data_cost.StateBytes(states.params + whole.params, states.grads + whole.grads, states.optimizer + whole.optimizer)
         if s.offload:  # every shard in host memory (host_bytes_per_node)
             states = data_cost.StateBytes(0.0, 0.0, 0.0)
-        buffers = 2 * rank.boundary_bytes
-        if s.dp * s.cp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
-            buffers += 2 * data_cost.DDP_BUCKET_BYTES  # DDP buckets in flight
-        if s.zero >= 3:  # a layer's gathered parameters, and the next one prefetched
-            buffers += 2 * table.max_params * self.per_param[0]
+        buffers = 2 * rank.boundary_bytes + self.shared_buffer_bytes(s, table.max_params)
         out = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
                "activations": rank.activation_bytes * flights[peak] + rank.working_bytes, "buffers": buffers,
                "reserve": self.reserve_bytes}
         out["total"] = sum(out.values())
         return out
+
+    def shared_buffer_bytes(self, s: Strategy, max_layer_params: float) -> float:
+        """Buffers every rank holds whatever its layers: DDP's buckets in flight, or under
+        ZeRO-3 a layer's gathered parameters and the next one prefetched."""
+        if s.dp * s.cp > 1 and s.zero == 0 and s.sync is Sync.SYNC:
+            return 2 * data_cost.DDP_BUCKET_BYTES
+        if s.zero >= 3:
+            return 2 * max_layer_params * self.per_param[0]
+        return 0.0
 
     def _assemble(self, s: Strategy, time: dict[str, float], mem: dict[str, float], counts, host_bytes: float = 0.0) -> Estimate:
         w = self.work

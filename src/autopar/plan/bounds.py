@@ -33,11 +33,12 @@ least the smallest boundary tensor's send. Then
 Memory: the peak rank holds at least any weighted average over ranks of its states and
 activations in flight; uniform weights and weights 1 / f_r give
 
-    bytes >= max((P s_z + A_rc f_min) / pp,  A_rc / sum_r (1 / f_r)) + reserve,
+    bytes >= max((P s_z + A_rc f_min) / pp,  A_rc / sum_r (1 / f_r)) + B_z + reserve,
 
 P the parameters of one tp rank over all layers, s_z the device state bytes per
 parameter of sharding z (ZeRO stage, HSDP shard group; 0 with offload), A_rc every layer's saved activations of one micro-batch under recompute
-mode rc, f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
+mode rc, B_z the buffers every rank holds under z (DDP buckets, ZeRO-3's gathered
+layers: cost/model.py shared_buffer_bytes), f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
 that, GPipe m), f_min the fewest.
 
 Where the cost model's layout is fixed (chunks > 1 or no pipeline: it never cuts those
@@ -51,11 +52,12 @@ floors returns the model's optimum over the whole space (tests/test_planner_orac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 from autopar.cost import collectives as coll
-from autopar.cost.model import CostModel, Rank
+from autopar.cost.layers import LayerTable
+from autopar.cost.model import CostModel, Rank, Topology
 from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.strategy import Strategy
 from autopar.techniques.data.space import Sharding
@@ -75,6 +77,7 @@ class _Totals:
     unit_min_s: float
     average: Rank  # the average pipeline rank, for the synchronisation floor
     kappa: float  # least forward share of a layer's compute (zero-bubble floors)
+    max_layer_params: float  # the largest layer's parameters on one tp rank (ZeRO-3's gather buffers)
 
 
 class NodeFloors:
@@ -91,38 +94,49 @@ class NodeFloors:
         self.capacity_bytes = model.capacity_bytes(self.base)
         self.devices = self.base.devices
         self.steps = model.work.steps
-        self.steps_factor_min = min(model.steps_factor(replace(self.base, sync_every=h)) for h in self.periods)
+        self.steps_factor_min = min(model.steps_factor(self.base.evolve(sync_every=h)) for h in self.periods)
+        self._tables: dict[tuple[bool, Recompute], LayerTable] = {}
         self._sums: dict[tuple[bool, Recompute], _Totals] = {}
+        self._least_acts: dict[tuple, float] = {}
         self._sync: dict[tuple, float] = {}
         self._rest: dict[tuple, float] = {}
         self._held: dict[tuple, tuple] = {}  # (sp, rc, chunks) -> the cost model's table and per-rank holdings
         self._optimizer: dict[Sharding, float] = {}
-        self._state_bytes: dict[Sharding, float] = {}
+        self._shardings: dict[Sharding, tuple[Strategy, Topology]] = {}
+        self._state_bytes: dict[Sharding, tuple[float, float]] = {}
         self._flight: dict[Schedule, tuple[float, float]] = {}
+
+    def _table(self, sp: bool, rc: Recompute) -> LayerTable:
+        key = (sp, rc)
+        table = self._tables.get(key)
+        if table is None:
+            s = self.base.evolve(sequence_parallel=sp, recompute=rc)
+            table = self._tables[key] = self.model.table(s, self.b, self.topo, self.rate)
+        return table
 
     def _totals(self, sp: bool, rc: Recompute) -> _Totals:
         key = (sp, rc)
         if key not in self._sums:
-            s = replace(self.base, sequence_parallel=sp, recompute=rc)
-            table = self.model.table(s, self.b, self.topo, self.rate)
-            rs = table.range_sum
+            table = self._table(sp, rc)
+            total, costs = table.total, [c for c, _ in table.cost_runs]
             n = len(table.costs)
-            recompute = rs("recompute_s", 0, n)
-            smallest = min(x.output_bytes for x in table.costs)
+            recompute = total("recompute_s")
+            smallest = min(x.output_bytes for x in costs)
             p2p = coll.p2p_s(smallest, self.topo.pp_crosses_nodes, self.topo.used_per_node, self.model.cluster, self.model.eff)
             units = self.model.profile.cuts
-            bounds = pipeline_cost.unit_bounds(units, n) if units and self.pp > 1 else [(0, n)]
-            unit_times = [table.range_time(a, e) for a, e in bounds]
-            unit_max, unit_min = max(unit_times), min(unit_times)
+            if units and self.pp > 1:
+                unit_max, unit_min = table.unit_time_range(pipeline_cost.unit_bounds(units, n))
+            else:
+                unit_max = unit_min = table.total_time_s()
             pp = self.pp
-            average = Rank(compute_s=(rs("forward_s", 0, n) + rs("backward_s", 0, n)) / pp, recompute_s=recompute / pp,
-                           tp_s=(rs("tp_forward_s", 0, n) + rs("tp_backward_s", 0, n)) / pp, p2p_s=0.0,
-                           backward_s=rs("backward_s", 0, n) / pp, params=rs("params", 0, n) / pp,
-                           activation_bytes=rs("activation_bytes", 0, n) / pp, working_bytes=0.0, boundary_bytes=0.0,
-                           expert_params=rs("expert_params", 0, n) / pp if self.base.ep > 1 else 0.0)
-            shares = [x.forward_s / (x.forward_s + x.backward_s) for x in table.costs if x.forward_s + x.backward_s > 0]
-            self._sums[key] = _Totals(table.time[-1] - recompute, recompute, p2p, rs("params", 0, n),
-                                      rs("activation_bytes", 0, n), unit_max, unit_min, average, min(shares, default=1.0))
+            average = Rank(compute_s=(total("forward_s") + total("backward_s")) / pp, recompute_s=recompute / pp,
+                           tp_s=(total("tp_forward_s") + total("tp_backward_s")) / pp, p2p_s=0.0,
+                           backward_s=total("backward_s") / pp, params=total("params") / pp,
+                           activation_bytes=total("activation_bytes") / pp, working_bytes=0.0, boundary_bytes=0.0,
+                           expert_params=total("expert_params") / pp if self.base.ep > 1 else 0.0)
+            shares = [x.forward_s / (x.forward_s + x.backward_s) for x in costs if x.forward_s + x.backward_s > 0]
+            self._sums[key] = _Totals(table.total_time_s() - recompute, recompute, p2p, total("params"),
+                                      total("activation_bytes"), unit_max, unit_min, average, min(shares, default=1.0), table.max_params)
         return self._sums[key]
 
     def pipe_s(self, sp: bool, schedule: Schedule, v: int, rc: Recompute = Recompute.NONE) -> float:
@@ -166,18 +180,26 @@ class NodeFloors:
     def optimizer_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """The optimizer step at the average rank's parameters (the same for every sp, rc)."""
         if zero not in self._optimizer:
-            s = replace(self.base, **zero.fields())
-            self._optimizer[zero] = self.model.optimizer_s(s, self._totals(sp, rc).params / self.pp, self.rate, self.model.topology(s))
+            s, topo = self._sharded(zero)
+            self._optimizer[zero] = self.model.optimizer_s(s, self._table(sp, rc).total("params") / self.pp, self.rate, topo)
         return self._optimizer[zero]
+
+    def _sharded(self, zero: Sharding) -> tuple[Strategy, Topology]:
+        """The node's strategy with one sharding, and its topology (the same for every sp, rc)."""
+        found = self._shardings.get(zero)
+        if found is None:
+            s = self.base.evolve(**zero.fields())
+            found = self._shardings[zero] = (s, self.model.topology(s))
+        return found
 
     def sync_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """Exposed synchronisation (and offload copies) of the average rank, at the longest
         averaging period."""
         key = (sp, rc, zero)
         if key not in self._sync:
-            s = replace(self.base, sequence_parallel=sp, recompute=rc, **zero.fields(), sync_every=max(self.periods))
+            sharded, topo = self._sharded(zero)
+            s = sharded.evolve(sequence_parallel=sp, recompute=rc, sync_every=max(self.periods))
             average = self._totals(sp, rc).average
-            topo = self.model.topology(s)
             offload = self.model.rank_offload_s(s, average, self.m) if s.offload else 0.0
             self._sync[key] = self.model.rank_sync_s(s, average, self.m, topo, last_bucket_waits=False) + offload
         return self._sync[key]
@@ -189,11 +211,19 @@ class NodeFloors:
         w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the layout)."""
         t = self._totals(sp, rc)
         params, acts = t.params, t.activation_bytes
-        if zero not in self._state_bytes:
-            self._state_bytes[zero] = self.model.state_bytes_per_param(replace(self.base, **zero.fields()))
+        per_param, shared = self._states(zero, t.max_layer_params)
         f_min, inverse_sum = self._flights(schedule)
-        average = (params * self._state_bytes[zero] + acts * f_min) / self.pp
-        return max(average, acts / inverse_sum) + self.model.reserve_bytes
+        average = (params * per_param + acts * f_min) / self.pp
+        return max(average, acts / inverse_sum) + shared + self.model.reserve_bytes
+
+    def _states(self, zero: Sharding, max_layer_params: float) -> tuple[float, float]:
+        """(device state bytes per parameter, buffers every rank holds) of one sharding; the
+        buffers' largest layer is the same for every sp and recompute mode."""
+        found = self._state_bytes.get(zero)
+        if found is None:
+            s = self._sharded(zero)[0]
+            found = self._state_bytes[zero] = (self.model.state_bytes_per_param(s), self.model.shared_buffer_bytes(s, max_layer_params))
+        return found
 
     def excess_bytes(self, sp: bool, schedule: Schedule, v: int, rc: Recompute, zero: Sharding) -> float:
         """How far one setting's memory floor exceeds what the node has (> 0: it cannot fit):
@@ -202,7 +232,7 @@ class NodeFloors:
         floor = self.bytes(sp, schedule, rc, zero) - self.capacity_bytes
         if floor > 0 or (self.pp > 1 and v == 1):
             return floor
-        s = replace(self.base, sequence_parallel=sp, recompute=rc, schedule=schedule, virtual_stages=v, **zero.fields())
+        s = self.base.evolve(sequence_parallel=sp, recompute=rc, schedule=schedule, virtual_stages=v, **zero.fields())
         key = (sp, rc, v)
         if key not in self._held:
             self._held[key] = self.model.held(s)
@@ -222,11 +252,13 @@ class NodeFloors:
         """min of bytes() over the settings: bytes() grows with the activations and the state
         bytes per parameter (the parameters do not depend on sp or rc), so it is its value at
         the least of each."""
-        acts = min(self._totals(sp, rc).activation_bytes for sp in sps for rc in rcs)
-        params = self._totals(sps[0], rcs[0]).params
-        for z in zeros:
-            if z not in self._state_bytes:
-                self._state_bytes[z] = self.model.state_bytes_per_param(replace(self.base, **z.fields()))
-        spp = min(self._state_bytes[z] for z in zeros)
+        key = (tuple(sps), tuple(rcs))
+        acts = self._least_acts.get(key)
+        if acts is None:  # the tables alone: no floors of the settings' times are built for this
+            acts = self._least_acts[key] = min(self._table(sp, rc).total("activation_bytes") for sp in sps for rc in rcs)
+        table = self._table(sps[0], rcs[0])
+        params = table.total("params")
+        states = [self._states(z, table.max_params) for z in zeros]
         f_min, inverse_sum = self._flights(schedule)
-        return max((params * spp + acts * f_min) / self.pp, acts / inverse_sum) + self.model.reserve_bytes
+        return min(max((params * spp + acts * f_min) / self.pp, acts / inverse_sum) + shared for spp, shared in states) \
+            + self.model.reserve_bytes

@@ -68,7 +68,7 @@ class _Search:
     seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
     lean: dict[str, tuple[float, Strategy]] = field(default_factory=dict)  # per family, the least memory floor the memory floor removed
     _families: dict[tuple, str] = field(default_factory=dict)
-    _thresholds: dict[Optional[str], float] = field(default_factory=dict)
+    _thresholds: dict[str, float] = field(default_factory=dict)
     heap: list[tuple[float, int, Any]] = field(default_factory=list)  # least floor first: good plans early lower the thresholds
     ties: Any = field(default_factory=itertools.count)
 
@@ -135,13 +135,19 @@ class _Search:
         return [self.fixed[key]] if key in self.fixed else list(values)
 
     def threshold(self, fam_hint: Optional[str]) -> float:
-        """max(K-th best score, the family's best score): memoised until the next pricing."""
-        found = self._thresholds.get(fam_hint)
+        """max(K-th best score, the family's best score)."""
+        kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
+        fam = self.family_best.get(fam_hint) if fam_hint else None
+        fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
+        return max(kth, fam_score)
+
+    def limit(self, fam: str) -> float:
+        """The floor above which a setting of `fam` can neither enter the ranking (the K-th
+        best) nor be the family's best (ties are kept: rank_key rounds to 1e-9); memoised
+        until the next pricing."""
+        found = self._thresholds.get(fam)
         if found is None:
-            kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
-            fam = self.family_best.get(fam_hint) if fam_hint else None
-            fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
-            found = self._thresholds[fam_hint] = max(kth, fam_score)
+            found = self._thresholds[fam] = self.threshold(fam) * (1 + 1e-12) + 1e-9
         return found
 
 
@@ -171,19 +177,15 @@ def _family_floors(search: _Search, f: NodeFloors, c: dict, base_s: float, rests
     return tuple((fam, _score_floor(search, f, base_s + rest)) for fam, rest in _family_rests(search, c, rests))
 
 
-def _limit(search: _Search, fam: str) -> float:
-    """The floor above which a setting of `fam` can neither enter the ranking (the K-th
-    best) nor be the family's best (ties are kept: rank_key rounds to 1e-9)."""
-    return search.threshold(fam) * (1 + 1e-12) + 1e-9
-
-
 def _beaten(search: _Search, floors: Floors) -> bool:
     """Every family's floor is above its limit: nothing under the item is kept."""
-    return all(floor > _limit(search, fam) for fam, floor in floors)
+    limit = search.limit
+    return all(floor > limit(fam) for fam, floor in floors)
 
 
-def _count(search: _Search, name: str) -> None:
-    search.pruned[name] = search.pruned.get(name, 0) + 1
+def _count(search: _Search, name: str, n: int = 1) -> None:
+    if n:
+        search.pruned[name] = search.pruned.get(name, 0) + n
 
 
 @dataclass(frozen=True)
@@ -292,10 +294,18 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
     f, c, out = n.f, n.c, []
     pairs, sps, rcs, zeros, _ = n.knobs
     per_s = _score_floor(search, f, 1.0)  # the objective is linear in the step time
+    optimizer = _family_rests(search, c, [(z, f.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros])
     for sp in sps:
+        pipes = [(sched, v, f.pipe_s(sp, sched, v)) for sched, v in pairs]
+        # the optimizer alone first (a floor of the rest): synchronisation is priced only
+        # for the (schedule, chunks) pairs it leaves
+        left = [(sched, v, pipe) for sched, v, pipe in pipes
+                if not _beaten(search, tuple((fam, (pipe + rest) * per_s) for fam, rest in optimizer))]
+        _count(search, "step-time floor", len(pipes) - len(left))
+        if not left:
+            continue
         rests = _family_rests(search, c, [(z, min(f.rest_s(sp, rc, z) for rc in rcs)) for z in zeros])
-        for sched, v in pairs:
-            pipe = f.pipe_s(sp, sched, v)
+        for sched, v, pipe in left:
             floors = tuple((fam, (pipe + rest) * per_s) for fam, rest in rests)
             if _beaten(search, floors):
                 _count(search, "step-time floor")
@@ -309,7 +319,7 @@ def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
     n, f, out = g.node, g.node.f, []
     _, _, rcs, zeros, periods = n.knobs
     per_s = _score_floor(search, f, 1.0)  # the objective is linear in the step time
-    fams = [(zero, fam, _limit(search, fam)) for zero in zeros for fam in (search.family(n.c, zero),)]
+    fams = [(zero, fam, search.limit(fam)) for zero in zeros for fam in (search.family(n.c, zero),)]
     for rc in rcs:
         pipe = f.pipe_s(g.sp, g.sched, g.v, rc)
         for zero, fam, limit in fams:

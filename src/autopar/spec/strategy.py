@@ -46,6 +46,19 @@ class Strategy:
         if self.dp_shard is not None and self.dp_shard == self.dp:  # sharding over every dp rank is plain ZeRO
             object.__setattr__(self, "dp_shard", None)
 
+    def evolve(self, **changes: Any) -> Strategy:
+        """dataclasses.replace(self, **changes) without re-running the generated __init__ (the
+        planner's floors copy strategies ~10^4 times per search; a frozen __init__ sets each
+        of the 19 fields through object.__setattr__). Field names are checked; values are
+        not, as replace() does not check them either."""
+        unknown = changes.keys() - self.__dict__.keys()
+        if unknown:
+            raise TypeError(f"Strategy has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(Strategy)
+        new.__dict__.update(self.__dict__, **changes)
+        new.__post_init__()
+        return new
+
     # ------------------------------------------------------------ derived
 
     @property

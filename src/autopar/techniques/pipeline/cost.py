@@ -21,6 +21,7 @@ block, the head on the last: `block_runs`); see autopar.cost.model.CostModel.lay
 
 from __future__ import annotations
 
+import functools
 import math
 from itertools import combinations
 from typing import Callable, Optional, Sequence
@@ -270,10 +271,12 @@ def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virt
     return base
 
 
-def unit_bounds(cuts: Sequence[int], n_layers: int) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=64)
+def unit_bounds(cuts: tuple[int, ...], n_layers: int) -> tuple[tuple[int, int], ...]:
     """Layers [a, e) of each block unit: a block and the layers after it until the next block;
-    the first unit starts at layer 0 (the embedding rides with the first block)."""
-    return list(zip([0, *cuts[1:]], [*cuts[1:], n_layers]))
+    the first unit starts at layer 0 (the embedding rides with the first block). Memoised:
+    a search asks for one profile's units thousands of times."""
+    return tuple(zip([0, *cuts[1:]], [*cuts[1:], n_layers]))
 
 
 def rank_ranges(counts: Optional[tuple[int, ...]], pp: int, virtual: int, cuts: Optional[Sequence[int]],
