@@ -122,6 +122,7 @@ class CostModel:
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
         self._ranks: dict[tuple, RankSet] = {}
         self._held: dict[tuple, list[RankBytes]] = {}
+        self._state_per_param: dict[tuple[int, int], float] = {}  # (ZeRO stage, shard group) -> bytes per parameter
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
@@ -373,7 +374,13 @@ class CostModel:
 
     def state_bytes_per_param(self, s: Strategy) -> float:
         """Device bytes of model states per parameter (offload: none stay on the device)."""
-        return 0.0 if s.offload else data_cost.model_state_bytes(1.0, self.per_param, s.zero, self._shard_group(s)).total
+        if s.offload:
+            return 0.0
+        key = (s.zero, self._shard_group(s))
+        found = self._state_per_param.get(key)
+        if found is None:
+            found = self._state_per_param[key] = data_cost.model_state_bytes(1.0, self.per_param, s.zero, key[1]).total
+        return found
 
     @property
     def host_capacity_bytes(self) -> float:

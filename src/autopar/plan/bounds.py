@@ -94,7 +94,8 @@ class NodeFloors:
         self.capacity_bytes = model.capacity_bytes(self.base)
         self.devices = self.base.devices
         self.steps = model.work.steps
-        self.steps_factor_min = min(model.steps_factor(self.base.evolve(sync_every=h)) for h in self.periods)
+        self.steps_factor_min = min(model.steps_factor(self.base if h == self.base.sync_every else self.base.evolve(sync_every=h))
+                                    for h in self.periods)
         self._tables: dict[tuple[bool, Recompute], LayerTable] = {}
         self._sums: dict[tuple[bool, Recompute], _Totals] = {}
         self._least_acts: dict[tuple, float] = {}
