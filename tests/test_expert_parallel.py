@@ -124,3 +124,16 @@ def test_a_64_expert_moe_on_8_nodes_splits_its_experts():
     assert "Expert parallel" in best.explanation
     zero3 = next(r for r in result.rejected if r.family.startswith("fully sharded"))
     assert "synchronisation" in zero3.reason
+
+
+def test_transformers_mixtral_with_64_experts_splits_them_too():
+    """The same recipe written as a transformers MixtralConfig: its stacked experts
+    (MixtralExperts) are found on the meta device and split by ep as the built-in's are."""
+    raw = yaml.safe_load((ROOT / "examples" / "moe-64e.yaml").read_text())
+    cluster = parse_cluster(raw.pop("cluster"))
+    raw["model"] = {"transformers": {"config": "MixtralConfig", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 4096,
+                                     "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 32000,
+                                     "num_local_experts": 64, "num_experts_per_tok": 2, "seq_len": 4096}}
+    result = plan(parse_recipe(raw), cluster)
+    assert result.plans[0].strategy.ep > 1, result.plans[0].strategy.to_text()
+    assert result.plans[0].estimate.time_breakdown_s["ep_comm"] > 0

@@ -83,7 +83,7 @@ EQUAL = {
     # tied embedding across the cut; tp splits the Conv1D MLP (the fused q/k/v projection stays whole)
     "gpt2": ["pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3,recompute=full", "tp=2"],
     "llama": ["tp=2", "pp=2,schedule=gpipe,microbatch=2", "dp=2,recompute=full"],
-    "mixtral": ["tp=2", "dp=2,zero=3"],
+    "mixtral": ["tp=2", "dp=2,zero=3", "dp=2,ep=2", "dp=2,ep=2,zero=3"],  # ep: the library's stacked experts split
     "bert": ["pp=2,schedule=gpipe,microbatch=2", "tp=2"],
     "t5": ["pp=2,schedule=gpipe,microbatch=2", "dp=2,zero=3,recompute=full", "tp=2"],
     "vit": ["tp=2", "pp=2,schedule=1f1b,microbatch=2", "dp=2,zero=3"],
@@ -98,6 +98,8 @@ REFUSED = [
     ("resnet", "recompute=full", "BatchNorm"),
     ("dict_forward", "pp=2,microbatch=2", "no stack of repeated blocks"),
     ("llama", "tp=4", "num_key_value_heads"),
+    ("mixtral", "pp=2,dp=2,ep=2,microbatch=2", "cannot be traced"),
+    ("mixtral", "dp=2,ep=3", "must divide experts"),
 ]
 
 
@@ -154,13 +156,19 @@ def test_mixture_of_experts_counts_active_parameters(profiles):
     assert profiles["llama"].active_params is None
 
 
-def test_mixtral_experts_are_known_but_not_split_by_expert_parallelism(profiles):
-    """transformers' packed experts are counted (facts.experts, top_k) but the runtime splits
-    only models/moe.py's stacks: ep > 1 is refused in one line, never run on the wrong module."""
+def test_mixtral_experts_are_found_for_expert_parallelism(profiles):
+    """transformers' stacked experts (forward(hidden_states, top_k_index, top_k_weights)) are
+    the modules ep splits; their stats count every expert's weights and the rows routed to
+    them: 16 tokens x top 2, 2 FLOPs per parameter of one of 4 experts."""
     facts = profiles["mixtral"].facts
-    assert (facts.experts, facts.top_k, facts.expert_modules) == (4, 2, ())
-    problem = plan_problem(Strategy(dp=2, ep=2), facts, 8, Precision.FP32, None)
-    assert problem is not None and "library's own modules" in problem
+    assert (facts.experts, facts.top_k) == (4, 2)
+    assert facts.expert_modules == ("model.model.layers.0.mlp.experts", "model.model.layers.1.mlp.experts")
+    real = build_model(_recipe("mixtral").model, "meta", torch.float32).module
+    per_layer = sum(p.numel() for p in real.get_submodule("model.model.layers.0.mlp.experts").parameters())
+    moe = [layer.stats for layer in profiles["mixtral"].layers if layer.stats.expert_params]
+    assert len(moe) == 2 and all(st.expert_params == per_layer for st in moe)
+    assert all(st.expert_flops == 2 * 16 * 2 * per_layer / 4 for st in moe)
+    assert plan_problem(Strategy(dp=2, ep=2), facts, 8, Precision.FP32, None) is None
 
 
 def test_gpt2_and_t5_attention_is_split(profiles):

@@ -19,12 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_real_models import MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-9
 
 TRAIN = {"global_batch": 8, "precision": "fp32"}
 GPT = {"family": "gpt", "layers": 4, "hidden": 32, "heads": 4, "seq_len": 16, "vocab": 64}  # tied embedding/head
 LLAMA = {"family": "llama", "layers": 4, "hidden": 32, "heads": 4, "kv_heads": 2, "seq_len": 16, "vocab": 64, "multiple_of": 16}
+MIXTRAL = MODELS["mixtral"]
 MOE = {**LLAMA, "experts": 4, "top_k": 2, "ffn_hidden": 24}  # models/moe.py in every block: SwiGLU experts, top-2 of 4
 TEACHER = {"samples": 1024, "loader": "tests.runtime_helpers.loaders:teacher_classes"}
 
@@ -90,6 +93,8 @@ EQUIVALENT_4 = [
     _case("wide", {"family": "wide_linear", "input_dim": 18, "hidden": 8, "classes": 3}, ["dp=4,data_partition=features"]),
     # ep=2 of dp=4: two replicas of each expert half, their gradients summed across the replica pair
     _case("moe", MOE, ["dp=4,ep=2", "dp=4,ep=4,zero=3", "dp=2,tp=2,ep=2", "pp=2,dp=2,ep=2,microbatch=2"]),
+    # transformers' Mixtral: its stacked experts split over ep, with the library's tensor-parallel plan
+    _case("mixtral", MIXTRAL, ["dp=4,ep=4", "dp=2,tp=2,ep=2", "dp=4,ep=2,zero=3"]),
     # cp with dp, tp and pp (a tied embedding/head across stages: its gradient group per (dp, cp, tp))
     _case("gpt-cp", GPT, ["dp=2,cp=2", "cp=4", "tp=2,cp=2,zero=3", "pp=2,cp=2,zero=2,microbatch=2"]),
     _case("llama-cp", LLAMA, ["dp=2,cp=2,zero=1", "tp=2,cp=2,zero=2"], optimizer="adamw"),

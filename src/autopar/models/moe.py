@@ -19,6 +19,7 @@ imbalance factor on top).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -93,3 +94,31 @@ class MoE(nn.Module):
         out = self.experts(tokens[token], counts)  # (N k, h)
         out = out * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros_like(tokens).index_add_(0, token, out).reshape(shape)
+
+
+# transformers' experts interface (Mixtral, Qwen2/3-MoE, OLMoE, ...): a module holding every
+# expert's weights stacked on dim 0, called as forward(hidden_states (N, h), top_k_index
+# (N, k), top_k_weights (N, k)) -> (N, h); an index equal to num_experts is skipped.
+LIBRARY_EXPERTS_ARGS = ("hidden_states", "top_k_index", "top_k_weights")
+
+
+def library_experts(m: nn.Module) -> int:
+    """E when `m` follows transformers' experts interface with every parameter stacked over
+    its E experts (so a rank may keep a slice of each), else 0."""
+    experts, hidden = getattr(m, "num_experts", None), getattr(m, "hidden_dim", None)
+    if not isinstance(experts, int) or not isinstance(hidden, int) or experts < 2:
+        return 0
+    try:
+        names = tuple(inspect.signature(type(m).forward).parameters)[1:4]
+    except (TypeError, ValueError):
+        return 0
+    params = list(m.parameters(recurse=False))
+    stacked = params and all(p.dim() >= 2 and p.shape[0] == experts for p in params)
+    leaf = not any(True for c in m.children() for _ in c.parameters())
+    return experts if names == LIBRARY_EXPERTS_ARGS and stacked and leaf else 0
+
+
+def expert_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every module expert parallelism splits: models/moe.py's GroupedExperts and the
+    library's stacked experts, with their names."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, GroupedExperts) or library_experts(m)]

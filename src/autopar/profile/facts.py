@@ -19,7 +19,7 @@ from autopar.models.attention import CoreAttention
 from autopar.models.gpt import GPT
 from autopar.models.llama import Llama
 from autopar.models.mlp import MLP
-from autopar.models.moe import MoE
+from autopar.models.moe import MoE, expert_modules
 from autopar.models.wide_linear import WideLinear
 from autopar.profile.linears import features
 from autopar.profile.structure import Split
@@ -55,7 +55,7 @@ class ModelFacts:
     pipeline_skip: int = 1  # graph split: most blocks a gradient-carrying tensor skips (structure.skip_span)
     experts: int = 0  # mixture of experts: experts per MoE layer (0: dense)
     top_k: int = 0  # experts each token is routed to
-    expert_modules: tuple[str, ...] = ()  # the GroupedExperts modules (models/moe.py) expert parallelism splits
+    expert_modules: tuple[str, ...] = ()  # the stacked-expert modules expert parallelism splits (models/moe.py expert_modules)
 
     @property
     def has_tp_plan(self) -> bool:
@@ -100,7 +100,7 @@ def model_facts(module: nn.Module, name: str, tp_plan: dict[str, str], seq_len: 
         batch_norms=sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()),
         experts=moe[0] if moe else 0,
         top_k=moe[1] if moe else 0,
-        expert_modules=tuple(f"{n}.experts" for n, _ in grouped),
+        expert_modules=tuple(n for n, _ in expert_modules(module)),
     )
 
 

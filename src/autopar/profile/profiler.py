@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_map
 from autopar.errors import InputError
 from autopar.models import ModelDef, build_model, synthetic_batch
 from autopar.models.llama import LlamaAttention
-from autopar.models.moe import MoE
+from autopar.models.moe import MoE, library_experts
 from autopar.profile.facts import model_facts
 from autopar.profile.linears import features
 from autopar.profile.structure import CONTAINERS, block_indices, find_stacks, placeable_layers, split_of
@@ -258,19 +258,30 @@ def _kv_bytes(layer: nn.Module, core_in_bytes: float) -> float:
 
 def _expert_stats(layer: nn.Module, out_bytes: float) -> tuple[int, float, float]:
     """(routed expert parameters, their forward FLOPs per sample, dispatched bytes per sample)
-    of the MoE layers (models/moe.py) inside a block: each of the block's tokens (its output,
-    (T, h) per sample) is sent to top_k experts, and each (token, choice) row costs two
-    FLOPs per parameter of one expert."""
+    of the MoE layers inside a block (models/moe.py's, or transformers' stacked experts):
+    each of the block's tokens (its output, (T, h) per sample) is sent to top_k experts, and
+    each (token, choice) row costs two FLOPs per parameter of one expert."""
     params, flops, sent = 0, 0.0, 0.0
     for m in layer.modules():
         if isinstance(m, MoE):
-            n = sum(p.numel() for p in m.experts.parameters())
-            hidden = m.router.in_features
-            rows = out_bytes / (hidden * m.router.weight.element_size()) * m.top_k  # (token, choice) rows per sample
-            params += n
-            flops += 2.0 * rows * n / m.experts.local_experts
-            sent += out_bytes * m.top_k
+            experts, hidden, top_k = m.experts.local_experts, m.router.in_features, m.top_k
+            weights = list(m.experts.parameters())
+        elif library_experts(m):
+            experts, hidden, top_k = m.num_experts, m.hidden_dim, _routed_top_k(layer)
+            weights = list(m.parameters())
+        else:
+            continue
+        n = sum(p.numel() for p in weights)
+        rows = out_bytes / (hidden * weights[0].element_size()) * top_k  # (token, choice) rows per sample
+        params += n
+        flops += 2.0 * rows * n / experts
+        sent += out_bytes * top_k
     return params, flops, sent
+
+
+def _routed_top_k(layer: nn.Module) -> int:
+    """Experts per token of a transformers MoE block: its (or its router's) integer top_k."""
+    return next((m.top_k for m in layer.modules() if isinstance(getattr(m, "top_k", None), int)), 1)
 
 
 def _saved_in_core(r, key, cores) -> bool:

@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from autopar.errors import InputError
-from autopar.models.moe import GroupedExperts
+from autopar.models.moe import expert_modules
 from autopar.profile.types import Gemm
 from autopar.spec.enums import TPStyle
 
@@ -286,7 +286,7 @@ class LayerTracer(TorchDispatchMode):
         self.modules = {id(m): m for m in layer.modules()}
         self.names = {id(m): n for n, m in layer.named_modules()}
         self.param_free = {id(m) for m in layer.modules() if not any(True for _ in m.parameters(recurse=True))}
-        self.experts = {id(m) for m in layer.modules() if isinstance(m, GroupedExperts)}
+        self.experts = {id(m) for _, m in expert_modules(layer)}
         self.skip_storages = {storage_key(p) for p in layer.parameters()} | {storage_key(b) for b in layer.buffers()}
         self.stack: list[int] = []
         self.backward = False

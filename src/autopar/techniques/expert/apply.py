@@ -1,5 +1,6 @@
 """Expert parallelism at run time: each rank keeps experts [r E/ep, (r+1) E/ep) of every
-MoE layer (models/moe.py GroupedExperts), r its place in its ep group, and dispatches rows
+MoE layer (models/moe.py GroupedExperts, or transformers' stacked experts: LibraryAllToAll),
+r its place in its ep group, and dispatches rows
 with torch.distributed's autograd all-to-all (torchtitan's ExpertParallel does the same
 with DTensor; here the stacks are plain local tensors, like the feature partition's).
 
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._functional_collectives import all_to_all_single_autograd
 
-from autopar.models.moe import GroupedExperts
+from autopar.models.moe import GroupedExperts, expert_modules
 from autopar.runtime.mesh import ParallelDims, global_rank
 from autopar.runtime.names import clean_name
 from autopar.runtime.parallelized import LocalSlice, Parallelized
@@ -39,15 +40,16 @@ def apply(par: Parallelized) -> None:
     rank = ctx.coords.dp % s.ep
     split = 0
     for chunk in par.chunks:
-        for name, mod in chunk.module.named_modules():
-            if not isinstance(mod, GroupedExperts):
-                continue
-            first = split_experts(mod, rank, s.ep)
-            mod.dispatch = AllToAll(group, s.ep)
-            for attr in STACKS:
-                p = getattr(mod, attr)
-                if p is None:
-                    continue
+        for name, mod in expert_modules(chunk.module):
+            if isinstance(mod, GroupedExperts):
+                first = split_experts(mod, rank, s.ep)
+                mod.dispatch = AllToAll(group, s.ep)
+                stacks = [(attr, getattr(mod, attr)) for attr in STACKS if getattr(mod, attr) is not None]
+            else:
+                first = split_library_experts(mod, rank, s.ep)
+                mod.forward = LibraryAllToAll(mod, group, s.ep)
+                stacks = list(mod.named_parameters(recurse=False))
+            for attr, p in stacks:
                 full = clean_name(f"{name}.{attr}")
                 par.param_offsets[full] = (first, *([0] * (p.dim() - 1)))
                 par.gatherers[full] = lambda t, g=group, n=s.ep: gather_experts(t, g, n)
@@ -82,6 +84,51 @@ def split_experts(mod: GroupedExperts, rank: int, ep: int) -> int:
         kept = p.detach()[first : first + local]
         setattr(mod, attr, nn.Parameter(kept if kept.is_meta else kept.clone(), requires_grad=p.requires_grad))
     return first
+
+
+def split_library_experts(mod: nn.Module, rank: int, ep: int) -> int:
+    """transformers' stacked experts: keep experts [rank E/ep, (rank+1) E/ep) of every
+    parameter and tell the module it has E/ep (its forward skips index num_experts)."""
+    local = mod.num_experts // ep
+    first = rank * local
+    for attr, p in list(mod.named_parameters(recurse=False)):
+        kept = p.detach()[first : first + local]
+        setattr(mod, attr, nn.Parameter(kept if kept.is_meta else kept.clone(), requires_grad=p.requires_grad))
+    mod.num_experts = local
+    return first
+
+
+class LibraryAllToAll:
+    """forward(hidden_states (N, h), top_k_index (N, k), top_k_weights (N, k)) of a
+    transformers experts module split over an ep group. The (token, choice) rows are sorted
+    by expert and sent as in AllToAll; the receiving rank runs the module's own forward on
+    them (each row with its local expert, weight 1), so the experts' math stays the
+    library's; the sender weights the returned rows and sums them per token, in expert
+    order as the library does."""
+
+    def __init__(self, mod: nn.Module, group, size: int):
+        self.mod, self.group, self.size = mod, group, size
+        self.own = type(mod).forward  # the library's forward (its experts implementation included)
+
+    def __call__(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        if hidden_states.is_meta:  # shape inference (pipeline stages): nothing to send
+            return torch.empty_like(hidden_states)
+        local, k = self.mod.num_experts, top_k_index.shape[-1]
+        flat = top_k_index.reshape(-1)  # (N k,)
+        order = flat.argsort(stable=True)  # rows grouped by expert, tokens in order inside each
+        token = order // k
+        counts = torch.bincount(flat, minlength=local * self.size)  # (E,)
+        mine = torch.empty_like(counts)
+        dist.all_to_all_single(mine, counts, group=self.group)
+        send = counts.view(self.size, local).sum(1).tolist()
+        received = mine.view(self.size, local)
+        recv = received.sum(1).tolist()
+        rows = all_to_all_single_autograd(hidden_states[token], recv, send, self.group)
+        ids = torch.arange(local, device=rows.device).repeat(self.size).repeat_interleave(received.reshape(-1))  # source-major runs
+        out = self.own(self.mod, rows, ids.unsqueeze(1), torch.ones(rows.shape[0], 1, dtype=top_k_weights.dtype, device=rows.device))
+        back = all_to_all_single_autograd(out, send, recv, self.group)
+        weighted = back * top_k_weights.reshape(-1)[order].unsqueeze(-1)
+        return torch.zeros_like(hidden_states).index_add_(0, token, weighted.to(hidden_states.dtype))
 
 
 class AllToAll:

@@ -7,7 +7,7 @@ from autopar.techniques.base import Dimension, Partial
 
 
 def ep_values(ctx, c: Partial) -> list[int]:
-    """1, and for a model with models/moe.py experts under synchronous sample-parallel
+    """1, and for a model with stacked experts (models/moe.py expert_modules) under synchronous sample-parallel
     replicas every ep > 1 dividing both dp and the experts."""
     f = ctx.facts
     if not f.expert_modules or c["sync"] is not Sync.SYNC or c["subnet"] or c["data_partition"] is not DataPartition.SAMPLES:
