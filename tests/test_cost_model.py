@@ -8,6 +8,7 @@ import pytest
 from autopar.cost import collectives as coll
 from autopar.cost.efficiency import DEFAULT
 from autopar.cost.model import CostModel
+from autopar.plan.planner import plan
 from autopar.spec.cluster import parse_cluster
 from autopar.spec.enums import Optimizer, Precision, Recompute
 from autopar.spec.recipe import parse_recipe
@@ -139,6 +140,28 @@ def test_memory_falls_with_zero_stage_and_recompute():
     z3 = model.estimate(Strategy(dp=8, zero=3)).memory_per_device_bytes
     full = model.estimate(Strategy(dp=8, zero=3, recompute=Recompute.FULL))
     assert base > z1 > z3 > full.memory_per_device_bytes
+
+
+def test_zero2_accumulating_micro_batches_holds_whole_gradients():
+    """The runtime accumulates ZeRO-2's unsharded gradients between syncs (FSDP2
+    set_requires_gradient_sync(False)) and ZeRO-3 reduce-scatters each micro-batch: with
+    micro-batches ZeRO-2's gradients are whole, ZeRO-3's stay 1/dp, and the planner's
+    floors agree (a ZeRO-2 setting that fits only without accumulation is still found)."""
+    model = CostModel.for_recipe(_gpt(batch=16), DGX)
+    grads = {text: model.estimate(Strategy.parse(text)).memory_breakdown_bytes["grads"]
+             for text in ("dp=8", "dp=8,zero=2", "dp=8,zero=2,microbatch=1", "dp=8,zero=3,microbatch=1")}
+    assert grads["dp=8,zero=2"] == pytest.approx(grads["dp=8"] / 8)
+    assert grads["dp=8,zero=2,microbatch=1"] == pytest.approx(grads["dp=8"])
+    assert grads["dp=8,zero=3,microbatch=1"] == pytest.approx(grads["dp=8"] / 8)
+    # 16B parameters on 80 GB: ZeRO-2's sharded gradients fit (3.75 B/param), whole ones do
+    # not (5.5 B/param); the search still finds ZeRO-2 without accumulation (the structure's
+    # memory floor is taken over both)
+    big = _gpt(layers=40, hidden=5760, heads=40, seq=256, batch=16, optimizer="adam")
+    tight = CostModel.for_recipe(big, DGX)
+    fits = {t: tight.estimate(Strategy.parse(t)).fits for t in ("dp=8,zero=2,recompute=full", "dp=8,zero=2,microbatch=1,recompute=full")}
+    assert fits == {"dp=8,zero=2,recompute=full": True, "dp=8,zero=2,microbatch=1,recompute=full": False}, fits
+    found = plan(big, DGX, fix={"dp": 8, "tp": 1, "pp": 1, "zero": 2}, top_k=1).plans[0].strategy
+    assert found.microbatch is None, found.to_text()
 
 
 def test_run_length_layout_matches_the_dynamic_program():

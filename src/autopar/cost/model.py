@@ -122,7 +122,7 @@ class CostModel:
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
         self._ranks: dict[tuple, RankSet] = {}
         self._held: dict[tuple, list[RankBytes]] = {}
-        self._state_per_param: dict[tuple[int, int], float] = {}  # (ZeRO stage, shard group) -> bytes per parameter
+        self._state_per_param: dict[tuple[int, int, bool], float] = {}  # (ZeRO stage, shard group, accumulating) -> bytes
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, cluster: Cluster, profile: Optional[ModelProfile] = None, eff: Efficiency = DEFAULT) -> "CostModel":
@@ -296,7 +296,7 @@ class CostModel:
                    + ranks[r].working_bytes + 2 * ranks[r].boundary_bytes)
         rank = ranks[peak]
         # experts split by ep stay whole on their rank (FSDP ignores them: techniques/expert/apply.py)
-        states = data_cost.model_state_bytes(rank.params - rank.expert_params, self.per_param, s.zero, self._shard_group(s))
+        states = data_cost.model_state_bytes(rank.params - rank.expert_params, self.per_param, s.zero, self._shard_group(s), m > 1)
         if rank.expert_params:
             whole = data_cost.model_state_bytes(rank.expert_params, self.per_param, 0, 1)
             states = data_cost.StateBytes(states.params + whole.params, states.grads + whole.grads, states.optimizer + whole.optimizer)
@@ -376,10 +376,10 @@ class CostModel:
         """Device bytes of model states per parameter (offload: none stay on the device)."""
         if s.offload:
             return 0.0
-        key = (s.zero, self._shard_group(s))
+        key = (s.zero, self._shard_group(s), s.num_microbatches(self.work.global_batch) > 1)
         found = self._state_per_param.get(key)
         if found is None:
-            found = self._state_per_param[key] = data_cost.model_state_bytes(1.0, self.per_param, s.zero, key[1]).total
+            found = self._state_per_param[key] = data_cost.model_state_bytes(1.0, self.per_param, *key).total
         return found
 
     @property

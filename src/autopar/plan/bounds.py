@@ -104,7 +104,7 @@ class NodeFloors:
         self._held: dict[tuple, tuple] = {}  # (sp, rc, chunks) -> the cost model's table and per-rank holdings
         self._optimizer: dict[Sharding, float] = {}
         self._shardings: dict[Sharding, tuple[Strategy, Topology]] = {}
-        self._state_bytes: dict[Sharding, tuple[float, float]] = {}
+        self._state_bytes: dict[tuple[Sharding, bool], tuple[float, float]] = {}
         self._flight: dict[Schedule, tuple[float, float]] = {}
 
     def _table(self, sp: bool, rc: Recompute) -> LayerTable:
@@ -217,13 +217,18 @@ class NodeFloors:
         average = (params * per_param + acts * f_min) / self.pp
         return max(average, acts / inverse_sum) + shared + self.model.reserve_bytes
 
-    def _states(self, zero: Sharding, max_layer_params: float) -> tuple[float, float]:
+    def _states(self, zero: Sharding, max_layer_params: float, any_microbatch: bool = False) -> tuple[float, float]:
         """(device state bytes per parameter, buffers every rank holds) of one sharding; the
-        buffers' largest layer is the same for every sp and recompute mode."""
-        found = self._state_bytes.get(zero)
+        buffers' largest layer is the same for every sp and recompute mode. `any_microbatch`:
+        the least over micro-batch sizes, i.e. without accumulation (ZeRO-2 accumulating keeps
+        whole gradients: techniques/data/cost.py model_state_bytes)."""
+        key = (zero, any_microbatch)
+        found = self._state_bytes.get(key)
         if found is None:
             s = self._sharded(zero)[0]
-            found = self._state_bytes[zero] = (self.model.state_bytes_per_param(s), self.model.shared_buffer_bytes(s, max_layer_params))
+            if any_microbatch:
+                s = s.evolve(microbatch=None)
+            found = self._state_bytes[key] = (self.model.state_bytes_per_param(s), self.model.shared_buffer_bytes(s, max_layer_params))
         return found
 
     def excess_bytes(self, sp: bool, schedule: Schedule, v: int, rc: Recompute, zero: Sharding) -> float:
@@ -249,17 +254,19 @@ class NodeFloors:
             self._flight[schedule] = (min(flights), sum(1 / f for f in flights))
         return self._flight[schedule]
 
-    def least_bytes(self, sps: Sequence[bool], schedule: Schedule, rcs: Sequence[Recompute], zeros: Sequence[Sharding]) -> float:
+    def least_bytes(self, sps: Sequence[bool], schedule: Schedule, rcs: Sequence[Recompute], zeros: Sequence[Sharding],
+                    any_microbatch: bool = False) -> float:
         """min of bytes() over the settings: bytes() grows with the activations and the state
         bytes per parameter (the parameters do not depend on sp or rc), so it is its value at
-        the least of each."""
+        the least of each. `any_microbatch` (this node's b the smallest of a structure): a floor
+        for every micro-batch size, the states taken without accumulation."""
         key = (tuple(sps), tuple(rcs))
         acts = self._least_acts.get(key)
         if acts is None:  # the tables alone: no floors of the settings' times are built for this
             acts = self._least_acts[key] = min(self._table(sp, rc).total("activation_bytes") for sp in sps for rc in rcs)
         table = self._table(sps[0], rcs[0])
         params = table.total("params")
-        states = [self._states(z, table.max_params) for z in zeros]
+        states = [self._states(z, table.max_params, any_microbatch) for z in zeros]
         f_min, inverse_sum = self._flights(schedule)
         return min(max((params * spp + acts * f_min) / self.pp, acts / inverse_sum) + shared for spp, shared in states) \
             + self.model.reserve_bytes

@@ -228,7 +228,7 @@ def _structure(search: _Search, c: dict) -> Optional[_Structure]:
     if not sizes:
         return None
     small = NodeFloors(search.model, c, sizes[-1], local // sizes[-1], periods)
-    if small.least_bytes(sps, Schedule.ONE_F_ONE_B, rcs, zeros) > small.capacity_bytes:
+    if small.least_bytes(sps, Schedule.ONE_F_ONE_B, rcs, zeros, any_microbatch=True) > small.capacity_bytes:
         _count(search, "memory floor")
         pairs = _pinned_schedules(search, c, local // sizes[-1])
         if pairs:

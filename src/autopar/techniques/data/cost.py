@@ -54,10 +54,14 @@ def bytes_per_param(optimizer: Optimizer, precision: Precision) -> tuple[int, in
     return 4, 4, states
 
 
-def model_state_bytes(params: float, per_param: tuple[int, int, int], zero: int, dp: int) -> StateBytes:
-    """ZeRO Sec. 5: each state divides by N_d from its stage on (1: optimizer, 2: + grads, 3: + params)."""
+def model_state_bytes(params: float, per_param: tuple[int, int, int], zero: int, dp: int, accumulating: bool = False) -> StateBytes:
+    """ZeRO Sec. 5: each state divides by N_d from its stage on (1: optimizer, 2: + grads, 3: + params).
+    ZeRO-2 `accumulating` over several micro-batches keeps whole gradients between syncs, as
+    the runtime runs it (FSDP2 set_requires_gradient_sync(False) until the last micro-batch,
+    techniques/microbatch/apply.py); ZeRO-3 reduce-scatters every micro-batch, so stays sharded."""
     p, g, k = per_param
-    return StateBytes(params * p / (dp if zero >= 3 else 1), params * g / (dp if zero >= 2 else 1), params * k / (dp if zero >= 1 else 1))
+    grads_split = zero >= 3 or (zero == 2 and not accumulating)
+    return StateBytes(params * p / (dp if zero >= 3 else 1), params * g / (dp if grads_split else 1), params * k / (dp if zero >= 1 else 1))
 
 
 @dataclass(frozen=True)
