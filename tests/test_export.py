@@ -117,6 +117,10 @@ def test_export_command_writes_the_file_whole_or_not_at_all(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "deepspeed" in err
     assert not refused.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gpt3.yaml", "titan.toml"]
     assert main(["export", str(recipe), "--to", "xml"]) == 2
+    capsys.readouterr()
+    # a --strategy the rules refuse (dp does not divide the batch) is not exported
+    assert main(["export", str(recipe), "--to", "deepspeed", "--strategy", "dp=1024,zero=3,microbatch=1", "--out", str(refused)]) == 2
+    assert "dp must divide the global batch" in capsys.readouterr().err and not refused.exists()
 
 
 def test_a_saved_plan_exports_without_its_recipe_file(tmp_path, capsys):

@@ -34,19 +34,30 @@ def run(args) -> int:
         n = int(args.plan) if args.plan.isdigit() else 0
         if not 1 <= n <= len(result.plans):
             raise InputError("--plan", args.plan, f"expected a plan number 1 .. {len(result.plans)} of {args.recipe}")
-        strategy = Strategy.parse(args.strategy) if args.strategy else result.plans[n - 1].strategy
+        strategy = _checked(args.strategy, recipe, result.cluster) if args.strategy else result.plans[n - 1].strategy
         emit(fmt, strategy, recipe, result.cluster, args.out, "--to")
         return 0
     recipe, cluster = load_inputs(args)
     cluster = require_cluster(cluster)
     if args.strategy:
-        strategy = Strategy.parse(args.strategy)
+        strategy = _checked(args.strategy, recipe, cluster)
     else:
         from autopar.cli.run_cmd import strategy_from_plan
 
         strategy = strategy_from_plan(recipe, cluster, args.plan, cluster.nodes)
     emit(fmt, strategy, recipe, cluster, args.out, "--to")
     return 0
+
+
+def _checked(text: str, recipe: Recipe, cluster: Cluster) -> Strategy:
+    """--strategy parsed and checked by the same rules as estimate and run (exit 2 naming the
+    rule), so no export describes a job that cannot start (dp not dividing the batch, ...)."""
+    from autopar.profile.profiler import profile_recipe
+    from autopar.techniques import check_strategy
+
+    s = Strategy.parse(text)
+    check_strategy(s, profile_recipe(recipe).facts, recipe.training.global_batch, cluster, precision=recipe.training.precision)
+    return s
 
 
 def _saved_plan(path: str):
