@@ -14,6 +14,9 @@ import argparse
 import time
 
 from autopar.validation.published import check_run, gpipe_rows, load_runs, per_layer_rows, zero_cell_error, zero_memory_rows
+from autopar.validation.techniques import check as check_technique
+from autopar.validation.techniques import load as load_technique_runs
+from autopar.validation.techniques import pipeline_pairs
 
 
 def main() -> None:
@@ -48,6 +51,15 @@ def main() -> None:
     print(f"\nZeRO Table 1 model-state memory: {len(rows)} cells; worst error beyond the paper's rounding "
           f"{max(errors):.2%} (target <= 1 %: {'ok' if max(errors) <= 0.01 else 'MISSED'}); "
           f"largest raw difference {max(abs(o / p - 1) for *_, p, o in rows):.2%} (the paper prints 0.117 GB as 0.12)")
+    print("\nlarge-run techniques (src/autopar/validation/data/technique_runs.json: zero bubble, ZeRO-Offload, MoE):")
+    tech = [check_technique(r) for r in load_technique_runs()]
+    for c in tech:
+        got = f"{c.predicted:8.2f}  {c.error:+6.1%}" if c.predicted is not None else f"{'-':>8}  {'':6}"
+        print(f"  {c.run_id:36} {c.unit:14} measured {c.measured:7.2f}  predicted {got}  {c.strategy}  {c.note}")
+    priced = [abs(c.error) for c in tech if c.predicted is not None and c.run_id.startswith("zb2023")]
+    print(f"  zero-bubble tables: {len(priced)} rows priced, MAPE {sum(priced) / len(priced):.1%}, worst {max(priced):.1%}")
+    for key, measured, predicted in pipeline_pairs(tech):
+        print(f"  ZB-1p / 1F1B {key:24} measured x{measured:.3f}  predicted x{predicted:.3f}")
     print(f"({time.perf_counter() - t0:.1f} s)")
 
 
