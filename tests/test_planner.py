@@ -79,6 +79,34 @@ def test_zbv_fills_the_bubble_at_one_f_one_b_memory():
     assert best.time_breakdown_s["bubble"] < zb.time_breakdown_s["bubble"] / 10
 
 
+def test_dualpipev_runs_when_fixed_and_loses_to_zbv_by_its_bubble():
+    """DualPipeV (torch's ScheduleDualPipeV, forward and backward of a pair run in turn):
+    DualPipe's (PP/2 - 1)(F&B + B - 3W) on the 2 pp ranks it halves is ZB-V's bubble plus
+    (pp - 1)(recompute + backward) / 2 on the same layout, with one more micro-batch in
+    flight; it is priced under --fix, never chosen over ZB-V."""
+    cluster = parse_cluster({"preset": "dgx-a100-80gb", "nodes": 1})
+    recipe = _recipe({"family": "gpt", "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 2048, "vocab": 51200}, 64,
+                     precision="bf16", optimizer="adam")
+    model = CostModel.for_recipe(recipe, cluster)
+    for rc in ("none", "full"):
+        zbv, dpv = (model.estimate(Strategy.parse(f"pp=8,microbatch=1,schedule={k},virtual_stages=2,recompute={rc}"))
+                    for k in ("zbv", "dualpipev"))
+        rank = model.ranks(dpv.strategy, *_table_and_counts(model, dpv.strategy))
+        extra = 7 * (rank.slow.recompute_s + rank.slow.backward_s) / 2
+        assert dpv.time_breakdown_s["bubble"] - zbv.time_breakdown_s["bubble"] == pytest.approx(extra, rel=0.05)
+        assert dpv.memory_per_device_bytes >= zbv.memory_per_device_bytes
+    fixed = plan(recipe, cluster, fix={"schedule": Schedule.DUALPIPEV}, top_k=1).plans[0].strategy
+    assert fixed.schedule is Schedule.DUALPIPEV and fixed.virtual_stages == 2, fixed.to_text()
+    assert all(p.strategy.schedule is not Schedule.DUALPIPEV for p in plan(recipe, cluster).plans)
+
+
+def _table_and_counts(model, s):
+    b = s.microbatch_size(model.work.global_batch)
+    topo = model.topology(s)
+    table = model.table(s, b, topo, model.rate(s, topo.used_per_node))
+    return table, model.layout(s, table), topo
+
+
 def test_zero_bubble_pipeline_beats_sharding_over_pcie():
     """The same 4.1B model: ZeRO-3 gathers 16 GB of fp32 parameters per micro-batch over
     12 GB/s PCIe; an 8-stage pipeline of 64 one-sample micro-batches sends only activations.

@@ -50,6 +50,7 @@ EQUIVALENT_2 = [
         "dp=2,zero=3,offload=true,microbatch=2", "tp=2,zero=3,offload=true",  # FSDP2 CPUOffloadPolicy (dp=1: a 1-rank mesh)
         "pp=2,schedule=zero_bubble,microbatch=2", "pp=2,schedule=zero_bubble,virtual_stages=2,microbatch=1,recompute=full",
         "pp=2,schedule=zbv,virtual_stages=2,microbatch=2",  # ZB-V: rank 0 holds the first and last stage (the tied head)
+        "pp=2,schedule=dualpipev,virtual_stages=2,microbatch=2",  # DualPipeV: the same V, 2 pp micro-batches
     ]),
     _case("llama", LLAMA, [
         "tp=2,sequence_parallel=true", "pp=2,schedule=interleaved,virtual_stages=2,microbatch=2,recompute=selective", "dp=2,zero=3,recompute=full",
@@ -88,6 +89,7 @@ EQUIVALENT_4 = [
         "dp=4,zero=3,dp_shard=2", "dp=4,zero=2,dp_shard=2,microbatch=1", "dp=4,zero=3,dp_shard=2,offload=true",  # HSDP
         "pp=2,dp=2,zero=2,schedule=zero_bubble,virtual_stages=2,microbatch=2", "pp=2,tp=2,schedule=zero_bubble,microbatch=2",
         "pp=2,dp=2,zero=2,schedule=zbv,virtual_stages=2,microbatch=1",
+        "pp=2,dp=2,zero=2,schedule=dualpipev,virtual_stages=2,microbatch=1", "pp=2,tp=2,schedule=dualpipev,virtual_stages=2,microbatch=2",
     ]),
     _case("gpt-8", {**GPT, "layers": 8}, ["pp=4,schedule=zbv,virtual_stages=2,microbatch=2"]),
     _case("wide", {"family": "wide_linear", "input_dim": 18, "hidden": 8, "classes": 3}, ["dp=4,data_partition=features"]),

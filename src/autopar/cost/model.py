@@ -153,8 +153,9 @@ class CostModel:
     def _evaluate(self, s: Strategy, table: LayerTable, counts, m: int, topo: Topology, rate: DeviceRate) -> Estimate:
         rs = self.ranks(s, table, counts, topo)
         slow = rs.slow
-        if s.schedule is Schedule.ZBV:
-            bubble_s = pipeline_cost.zbv_bubble_s(slow.compute_s - slow.backward_s, slow.backward_s, slow.recompute_s, s.pp)
+        if s.schedule.v_shaped:
+            bubble = pipeline_cost.zbv_bubble_s if s.schedule is Schedule.ZBV else pipeline_cost.dualpipev_bubble_s
+            bubble_s = bubble(slow.compute_s - slow.backward_s, slow.backward_s, slow.recompute_s, s.pp)
             pipe_s = m * slow.time_s + bubble_s
         else:
             keep = pipeline_cost.zero_bubble_keep(slow.compute_s - slow.backward_s, slow.backward_s) if s.schedule is Schedule.ZERO_BUBBLE else 1.0
@@ -189,10 +190,10 @@ class CostModel:
         topo = self.topology(s)
         table = self.table(s, b, topo, self.rate(s, topo.used_per_node))
         counts = self.layout(s, table)
-        key = (id(table), counts, s.pp, s.virtual_stages, s.schedule is Schedule.ZBV)
+        key = (id(table), counts, s.pp, s.virtual_stages, s.schedule.v_shaped)
         held = self._held.get(key)
         if held is None:
-            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers, s.schedule is Schedule.ZBV)
+            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers, s.schedule.v_shaped)
             held = self._held[key] = [self._rank_bytes(s, table, chunks) for chunks in ranges]
         return table, held
 
@@ -500,11 +501,11 @@ class CostModel:
 
     def ranks(self, s: Strategy, table: LayerTable, counts: Optional[tuple[int, ...]], topo: Topology) -> RankSet:
         """Per pipeline rank: one micro-batch's time by kind, parameters and activations (cached)."""
-        key = (id(table), counts, s.pp, s.virtual_stages, s.schedule is Schedule.ZBV, topo.pp_crosses_nodes, topo.used_per_node, s.tp,
+        key = (id(table), counts, s.pp, s.virtual_stages, s.schedule.v_shaped, topo.pp_crosses_nodes, topo.used_per_node, s.tp,
                s.sequence_parallel)
         found = self._ranks.get(key)
         if found is None:
-            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers, s.schedule is Schedule.ZBV)
+            ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers, s.schedule.v_shaped)
             ranks = [self._rank(s, table, chunks, topo) for chunks in ranges]
             chunk_max = max(table.range_time(a, e) for chunks in ranges for a, e in chunks) if s.virtual_stages > 1 else 0.0
             distinct = {(round(r.params), round(r.backward_s * 1e9), round(r.compute_s * 1e9), round(r.recompute_s * 1e9),

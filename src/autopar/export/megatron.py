@@ -18,7 +18,7 @@ from autopar.spec.strategy import Strategy
 
 
 def unsupported(s: Strategy) -> Optional[str]:
-    if s.pp > 1 and s.schedule in (Schedule.GPIPE, Schedule.ZERO_BUBBLE, Schedule.ZBV):
+    if s.pp > 1 and s.schedule in (Schedule.GPIPE, Schedule.ZERO_BUBBLE, Schedule.ZBV, Schedule.DUALPIPEV):
         return f"Megatron-LM schedules pipelines as 1F1B or interleaved 1F1B, not {s.schedule.value}: export to torchtitan"
     if s.zero == 2:
         return ("Megatron-LM's distributed optimizer shards optimizer states (ZeRO-1) but keeps whole gradient buffers: "

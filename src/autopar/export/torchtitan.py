@@ -17,7 +17,7 @@ from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
 SCHEDULES = {Schedule.GPIPE: "GPipe", Schedule.ONE_F_ONE_B: "1F1B", Schedule.INTERLEAVED: "Interleaved1F1B",
-             Schedule.ZERO_BUBBLE: "InterleavedZeroBubble", Schedule.ZBV: "ZBVZeroBubble"}
+             Schedule.ZERO_BUBBLE: "InterleavedZeroBubble", Schedule.ZBV: "ZBVZeroBubble", Schedule.DUALPIPEV: "DualPipeV"}
 RESHARD = {2: "never", 3: "always"}
 
 

@@ -16,7 +16,7 @@ least the smallest boundary tensor's send. Then
     t_max >= (T + X) / pp                                  the slowest rank >= the average
     1F1B, GPipe: (m - 1) t_max + t_sum >= (T + X)(m - 1 + pp) / pp        (t_sum >= T + X)
     interleaved: m t_max + (pp - 1) max(t_max / v, chunk) >= (T + X)(m + (pp - 1) / v) / pp
-    ZB-V:        m t_max (its bubble, pipeline_cost.zbv_bubble_s, may be zero)
+    ZB-V, DualPipeV: m t_max (ZB-V's bubble, pipeline_cost.zbv_bubble_s, may be zero)
     zero bubble: the same bubbles times k, the slowest rank's forward share of its compute,
                k >= kappa = min over layers of forward / (forward + backward) (a ratio of
                sums is at least the least ratio); with one chunk
@@ -149,7 +149,7 @@ class NodeFloors:
             return self.m * T
         total = T + 2 * (self.pp * v - 1) * t.p2p_min_s
         t_max = max(total / self.pp, unit_max)  # a rank holds the largest block unit
-        if schedule is Schedule.ZBV:  # its bubble (pipeline_cost.zbv_bubble_s) may be zero
+        if schedule.v_shaped:  # ZB-V's bubble (pipeline_cost.zbv_bubble_s) may be zero; DualPipeV's is >= 0
             return self.m * t_max
         k = t.kappa if schedule is Schedule.ZERO_BUBBLE else 1.0
         if v > 1:
@@ -167,7 +167,7 @@ class NodeFloors:
         t = self._totals(sp, Recompute.NONE)
         if self.pp == 1:
             return self.m * t.compute_s
-        bubble = 0.0 if any(sched is Schedule.ZBV for sched, _ in pairs) else t.kappa * (self.pp - 1) * t.unit_min_s
+        bubble = 0.0 if any(sched.v_shaped for sched, _ in pairs) else t.kappa * (self.pp - 1) * t.unit_min_s
         return self.m * max(t.compute_s / self.pp, t.unit_max_s) + bubble
 
     def rest_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:

@@ -375,6 +375,8 @@ def _note_leanest(search: _Search, n: _Node) -> None:
 def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, int]]:
     """(schedule, virtual stages) pairs of the space, or those the --fix values pin."""
     pairs = schedules(search.ctx, c, m)
+    if search.fixed.get("schedule") is Schedule.DUALPIPEV and c["pp"] > 1:  # dominated by ZB-V, so only when asked
+        pairs = pairs + [(Schedule.DUALPIPEV, 2)]
     if "schedule" in search.fixed:
         pairs = [p for p in pairs if p[0] is search.fixed["schedule"]]
     if "virtual_stages" in search.fixed:

@@ -33,6 +33,12 @@ class Schedule(str, Enum):
     INTERLEAVED = "interleaved"
     ZERO_BUBBLE = "zero_bubble"  # interleaved zero bubble (Qi et al. 2023): backward split into input and weight gradients
     ZBV = "zbv"  # ZB-V (Qi et al. 2023, Sec. 6): zero bubble with two chunks per rank in a V (rank r: chunks r and 2p - 1 - r)
+    DUALPIPEV = "dualpipev"  # DualPipeV (DeepSeek-AI 2025, DualPipe cut in half): the same V, micro-batches fed from both ends
+
+    @property
+    def v_shaped(self) -> bool:
+        """Two chunks per rank in a V (rank r: chunks r and 2 pp - 1 - r)."""
+        return self in (Schedule.ZBV, Schedule.DUALPIPEV)
 
 
 class Recompute(str, Enum):

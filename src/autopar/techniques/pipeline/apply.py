@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.fx as fx
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B, SplitPoint, pipeline
-from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble, ScheduleZBVZeroBubble
+from torch.distributed.pipelining.schedules import ScheduleDualPipeV, ScheduleInterleavedZeroBubble, ScheduleZBVZeroBubble
 from torch.distributed.tensor import DTensor, Replicate
 
 from autopar.errors import InputError
@@ -120,14 +120,14 @@ def layer_ranges(n_layers: int, n_stages: int, stages: Optional[tuple[int, ...]]
 
 def local_stages(strategy: Strategy, pp_rank: int) -> list[int]:
     """The stages rank pp_rank holds: looped (r, r + pp, ...), or V-shaped for ZB-V (r, 2 pp - 1 - r)."""
-    if strategy.schedule is Schedule.ZBV:
+    if strategy.schedule.v_shaped:
         return [pp_rank, 2 * strategy.pp - 1 - pp_rank]
     return [pp_rank + k * strategy.pp for k in range(strategy.virtual_stages)]
 
 
 def stage_rank(strategy: Strategy, stage: int) -> int:
     """The pipeline rank holding `stage` (the inverse of local_stages)."""
-    if strategy.schedule is Schedule.ZBV:
+    if strategy.schedule.v_shaped:
         return stage if stage < strategy.pp else 2 * strategy.pp - 1 - stage
     return stage % strategy.pp
 
@@ -323,4 +323,6 @@ def apply_pipeline_schedule(chunks: list[Chunk], strategy: Strategy, n_microbatc
         return ScheduleInterleavedZeroBubble(stages, n_microbatches, loss_fn=loss_fn)
     if strategy.schedule is Schedule.ZBV:
         return ScheduleZBVZeroBubble(stages, n_microbatches, loss_fn=loss_fn)
+    if strategy.schedule is Schedule.DUALPIPEV:
+        return ScheduleDualPipeV(stages, n_microbatches, loss_fn=loss_fn)
     return ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn)

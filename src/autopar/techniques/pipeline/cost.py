@@ -250,6 +250,18 @@ def zbv_bubble_s(forward_s: float, backward_s: float, recompute_s: float, p: int
     return (p - 1) * max(0.0, forward_s + recompute_s - backward_s / 2) / 2
 
 
+def dualpipev_bubble_s(forward_s: float, backward_s: float, recompute_s: float, p: int) -> float:
+    """DualPipeV's bubble: DualPipe's (PP/2 - 1)(F&B + B - 3W) (deepseek-ai/DualPipe README,
+    DeepSeek-V3 report Sec. 3.2.1) on the 2 p ranks of the DualPipe it halves, i.e.
+    (p - 1)(F&B + B - 3W) with one chunk's times (half a rank's): B its full backward
+    (recomputation included), W = backward / 2 of it. torch's ScheduleDualPipeV runs an
+    OVERLAP_F_B pair one after the other unless a custom overlap is registered, so
+    F&B = F + B. The result exceeds ZB-V's bubble by (p - 1)(recompute + backward) / 2 on
+    the same layout, with one more micro-batch in flight: ZB-V dominates it here."""
+    f, b, w = forward_s / 2, (backward_s + recompute_s) / 2, backward_s / 4
+    return (p - 1) * max(0.0, (f + b) + b - 3 * w)
+
+
 def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virtual: int) -> float:
     """Micro-batches whose activations a stage holds at its peak.
 
@@ -265,6 +277,8 @@ def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virt
         return float(m)
     if schedule is Schedule.ZBV:
         return float(min(pp, m))
+    if schedule is Schedule.DUALPIPEV:  # the DualPipe README's PP + 1
+        return float(min(pp + 1, m))
     base = float(min(pp - stage, m))  # zero bubble: ZB-H1's peak equals 1F1B's (Qi et al. 2023, Table 2)
     if schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and virtual > 1:
         return min(float(m), base * (1 + (pp - 1) / (pp * virtual))) if stage == 0 else base

@@ -19,9 +19,9 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     if s.tp > 1 and r.facts.pipeline_split == "graph":
         return (f"tp({s.tp}) with pp({s.pp}): {r.facts.name} is cut by tracing (its forward is not a chain of its blocks), "
                 "which turns modules into interpreted graphs that tensor parallelism cannot split; use tp or pp")
-    if s.schedule is Schedule.ZBV and s.virtual_stages != 2:
-        return f"schedule=zbv runs exactly two chunks per rank (the V); virtual_stages({s.virtual_stages}): use virtual_stages=2"
-    if r.facts.pipeline_split == "graph" and s.schedule in (Schedule.ZERO_BUBBLE, Schedule.ZBV):
+    if s.schedule.v_shaped and s.virtual_stages != 2:
+        return f"schedule={s.schedule.value} runs exactly two chunks per rank (the V); virtual_stages({s.virtual_stages}): use virtual_stages=2"
+    if r.facts.pipeline_split == "graph" and s.schedule in (Schedule.ZERO_BUBBLE, Schedule.ZBV, Schedule.DUALPIPEV):
         return (f"schedule={s.schedule.value}: {r.facts.name} is cut by tracing, and its interpreted stages are not run "
                 "with the input/weight backward split here; use gpipe or 1f1b")
     if r.facts.pipeline_split == "graph" and s.virtual_stages > 1:
@@ -34,8 +34,8 @@ def check_pipeline(s: Strategy, r: RuleInput) -> Optional[str]:
     n_stages = s.pp * s.virtual_stages
     if n_stages > r.facts.layers:
         return f"pp({s.pp}) * virtual_stages({s.virtual_stages}) = {n_stages} stages > layers({r.facts.layers})"
-    if s.virtual_stages > 1 and s.schedule not in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE, Schedule.ZBV):
-        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved, zero_bubble or zbv (got {s.schedule.value})"
+    if s.virtual_stages > 1 and s.schedule not in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE, Schedule.ZBV, Schedule.DUALPIPEV):
+        return f"virtual_stages({s.virtual_stages}) needs schedule=interleaved, zero_bubble, zbv or dualpipev (got {s.schedule.value})"
     if s.stages is not None and (len(s.stages) != n_stages or sum(s.stages) != r.facts.layers):
         return (
             f"stages {'/'.join(map(str, s.stages))}: {len(s.stages)} stages holding {sum(s.stages)} layers; "
@@ -56,11 +56,14 @@ def check_microbatches(s: Strategy, r: RuleInput) -> Optional[str]:
     rounds = max(1, n // s.pp)
     if s.schedule in (Schedule.INTERLEAVED, Schedule.ZERO_BUBBLE) and n % rounds:
         return f"schedule {s.schedule.value} needs num_microbatches({n}) divisible by max(1, {n} // pp({s.pp})) = {rounds}"
-    if s.schedule in (Schedule.ZERO_BUBBLE, Schedule.ZBV) and s.zero == 3 and (s.dp * s.cp > 1 or s.offload):
+    if s.schedule in (Schedule.ZERO_BUBBLE, Schedule.ZBV, Schedule.DUALPIPEV) and s.zero == 3 and (s.dp * s.cp > 1 or s.offload):
         return (f"schedule={s.schedule.value} with zero=3: torch 2.13's zero-bubble schedules deadlock with FSDP2 "
-                "resharding after forward (measured on gloo, 4 ranks); use zero=2 or schedule=interleaved")
+                "resharding after forward (measured on gloo, 4 ranks; DualPipeV runs the same split backward and is not "
+                "run with it here); use zero=2 or schedule=interleaved")
     if s.schedule is Schedule.ZBV and n < s.pp:
         return f"schedule zbv needs num_microbatches({n}) >= pp({s.pp}); lower microbatch"
+    if s.schedule is Schedule.DUALPIPEV and n < 2 * s.pp:
+        return f"schedule dualpipev needs num_microbatches({n}) >= its 2 pp({s.pp}) = {2 * s.pp} stages; lower microbatch"
     return None
 
 

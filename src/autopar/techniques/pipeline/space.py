@@ -16,7 +16,10 @@ def schedules(ctx, c: Partial, m: int) -> list[tuple[Schedule, int]]:
     """Every (schedule, chunks per rank) the rules allow for m micro-batches: 1F1B, GPipe,
     zero bubble with one chunk (ZB-H1, Qi et al. 2023), and interleaved 1F1B and interleaved
     zero bubble with every v >= 2 that leaves each chunk a block (pp * v <= blocks) when pp
-    divides m (Narayanan et al. 2021, Sec. 2.2.2); ZB-V with its two chunks (Qi et al. 2023, Sec. 6)."""
+    divides m (Narayanan et al. 2021, Sec. 2.2.2); ZB-V with its two chunks (Qi et al. 2023, Sec. 6).
+    DualPipeV is not searched: on the same V layout its bubble exceeds ZB-V's and it holds
+    one more micro-batch (pipeline/cost.py dualpipev_bubble_s), so it never beats ZB-V;
+    --fix schedule=dualpipev prices it (plan/planner.py _pinned_schedules)."""
     if c["pp"] == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
     out = [(Schedule.ONE_F_ONE_B, 1), (Schedule.GPIPE, 1)]
