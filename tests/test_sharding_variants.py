@@ -94,3 +94,21 @@ def test_offload_is_never_searched_on_cpu_cores():
     assert not any(p.strategy.offload for p in best.plans)
     why = {r.family: r.reason for r in best.rejected}
     assert "share the host's memory" in why["host offload (ZeRO-Offload)"]
+
+
+def test_offload_saves_devices_under_the_devices_objective():
+    """A 1.9B fp32 GPT on a PCIe V100 node: its Adam states alone (~30 GB) overfill one
+    32 GB device, so without offload it needs ZeRO-3 over several; --objective devices
+    (device-seconds to train) picks offload on one V100, --objective time all eight."""
+    from autopar.plan.result import Objective
+
+    model = {"family": "gpt", "layers": 24, "hidden": 2560, "heads": 20, "seq_len": 1024, "vocab": 50257}
+    recipe = parse_recipe({"model": model, "data": {"samples": 10**6},
+                           "training": {"global_batch": 16, "optimizer": "adam", "precision": "fp32", "steps": 100}})
+    node = parse_cluster({"preset": "v100-pcie-node", "nodes": 1})
+    lean = plan(recipe, node, objective=Objective.DEVICES, top_k=2).plans[0]
+    assert lean.strategy.offload and lean.estimate.devices_used == 1, lean.strategy.to_text()
+    alone = CostModel.for_recipe(recipe, node).estimate(Strategy(zero=3, microbatch=1))
+    assert not alone.fits
+    fast = plan(recipe, node, top_k=1).plans[0]
+    assert not fast.strategy.offload and fast.estimate.devices_used == 8, fast.strategy.to_text()
