@@ -101,7 +101,7 @@ class LayerTable:
             start += n
         self.prefix = _Prefixes(self.costs)
         self._totals: dict[str, float] = {}
-        self._unit_range: dict[int, tuple] = {}
+        self._unit_range: Optional[tuple] = None  # (units, slowest, fastest)
 
     @cached_property
     def times(self) -> list[float]:
@@ -119,13 +119,12 @@ class LayerTable:
         return found
 
     def unit_time_range(self, units: Sequence[tuple[int, int]]) -> tuple[float, float]:
-        """(slowest, fastest) time of the layer ranges `units` (block units; memoised per units)."""
-        key = id(units)
-        found = self._unit_range.get(key)
-        if found is None or found[0] is not units:
+        """(slowest, fastest) time of the layer ranges `units`: the profile's block units, one
+        tuple per profile (pipeline/cost.py unit_bounds is memoised), so the last is kept."""
+        if self._unit_range is None or self._unit_range[0] is not units:
             times = [self.range_time(a, e) for a, e in units]
-            found = self._unit_range[key] = (units, max(times), min(times))
-        return found[1], found[2]
+            self._unit_range = (units, max(times), min(times))
+        return self._unit_range[1], self._unit_range[2]
 
     def total_time_s(self) -> float:
         return sum(t * n for t, n in self.runs)

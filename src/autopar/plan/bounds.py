@@ -77,7 +77,6 @@ class _Totals:
     unit_min_s: float
     average: Rank  # the average pipeline rank, for the synchronisation floor
     kappa: float  # least forward share of a layer's compute (zero-bubble floors)
-    max_layer_params: float  # the largest layer's parameters on one tp rank (ZeRO-3's gather buffers)
 
 
 class NodeFloors:
@@ -137,7 +136,7 @@ class NodeFloors:
                            expert_params=total("expert_params") / pp if self.base.ep > 1 else 0.0)
             shares = [x.forward_s / (x.forward_s + x.backward_s) for x in costs if x.forward_s + x.backward_s > 0]
             self._sums[key] = _Totals(table.total_time_s() - recompute, recompute, p2p, total("params"),
-                                      total("activation_bytes"), unit_max, unit_min, average, min(shares, default=1.0), table.max_params)
+                                      total("activation_bytes"), unit_max, unit_min, average, min(shares, default=1.0))
         return self._sums[key]
 
     def pipe_s(self, sp: bool, schedule: Schedule, v: int, rc: Recompute = Recompute.NONE) -> float:
@@ -212,7 +211,7 @@ class NodeFloors:
         w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the layout)."""
         t = self._totals(sp, rc)
         params, acts = t.params, t.activation_bytes
-        per_param, shared = self._states(zero, t.max_layer_params)
+        per_param, shared = self._states(zero, self._table(sp, rc).max_params)
         f_min, inverse_sum = self._flights(schedule)
         average = (params * per_param + acts * f_min) / self.pp
         return max(average, acts / inverse_sum) + shared + self.model.reserve_bytes

@@ -134,10 +134,10 @@ class _Search:
         the grid has no such value: a neutral one, gpipe, virtual_stages=3)."""
         return [self.fixed[key]] if key in self.fixed else list(values)
 
-    def threshold(self, fam_hint: Optional[str]) -> float:
+    def threshold(self, family: str) -> float:
         """max(K-th best score, the family's best score)."""
         kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
-        fam = self.family_best.get(fam_hint) if fam_hint else None
+        fam = self.family_best.get(family)
         fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
         return max(kth, fam_score)
 

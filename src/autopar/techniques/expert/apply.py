@@ -75,34 +75,45 @@ def expert_groups(dims: ParallelDims, ep: int, pp: int, dp: int, tp: int):
 
 def split_experts(mod: GroupedExperts, rank: int, ep: int) -> int:
     """Keep experts [rank E/ep, (rank+1) E/ep) of each stack (meta: shapes only); returns the first."""
-    local = mod.local_experts // ep
-    first = rank * local
-    for attr in STACKS:
-        p = getattr(mod, attr)
-        if p is None:
-            continue
-        kept = p.detach()[first : first + local]
-        setattr(mod, attr, nn.Parameter(kept if kept.is_meta else kept.clone(), requires_grad=p.requires_grad))
-    return first
+    return _keep_slice(mod, [(a, getattr(mod, a)) for a in STACKS if getattr(mod, a) is not None], mod.local_experts, rank, ep)
 
 
 def split_library_experts(mod: nn.Module, rank: int, ep: int) -> int:
     """transformers' stacked experts: keep experts [rank E/ep, (rank+1) E/ep) of every
     parameter and tell the module it has E/ep (its forward skips index num_experts)."""
-    local = mod.num_experts // ep
+    first = _keep_slice(mod, list(mod.named_parameters(recurse=False)), mod.num_experts, rank, ep)
+    mod.num_experts //= ep
+    return first
+
+
+def _keep_slice(mod: nn.Module, stacks: list[tuple[str, nn.Parameter]], experts: int, rank: int, ep: int) -> int:
+    """Replace each (E, ...) stack by its experts [rank E/ep, (rank+1) E/ep); returns the first."""
+    local = experts // ep
     first = rank * local
-    for attr, p in list(mod.named_parameters(recurse=False)):
+    for attr, p in stacks:
         kept = p.detach()[first : first + local]
         setattr(mod, attr, nn.Parameter(kept if kept.is_meta else kept.clone(), requires_grad=p.requires_grad))
-    mod.num_experts = local
     return first
+
+
+def exchange(group, size: int, local: int, x: torch.Tensor, counts: torch.Tensor, compute) -> torch.Tensor:
+    """The module docstring's steps 1-4: rows x (N k, h) sorted by expert, counts (ep local,)
+    rows per expert; compute(rows, received) runs this rank's experts on the rows it
+    received, received (ep, local) the rows from each source for each local expert."""
+    mine = torch.empty_like(counts)  # (ep * local,): rows each source sends to each of my experts
+    dist.all_to_all_single(mine, counts, group=group)
+    send = counts.view(size, local).sum(1).tolist()
+    received = mine.view(size, local)
+    recv = received.sum(1).tolist()
+    rows = all_to_all_single_autograd(x, recv, send, group)
+    return all_to_all_single_autograd(compute(rows, received), send, recv, group)
 
 
 class LibraryAllToAll:
     """forward(hidden_states (N, h), top_k_index (N, k), top_k_weights (N, k)) of a
     transformers experts module split over an ep group. The (token, choice) rows are sorted
-    by expert and sent as in AllToAll; the receiving rank runs the module's own forward on
-    them (each row with its local expert, weight 1), so the experts' math stays the
+    by expert and exchanged as in AllToAll; the receiving rank runs the module's own forward
+    on them (each row with its local expert, weight 1), so the experts' math stays the
     library's; the sender weights the returned rows and sums them per token, in expert
     order as the library does."""
 
@@ -118,15 +129,13 @@ class LibraryAllToAll:
         order = flat.argsort(stable=True)  # rows grouped by expert, tokens in order inside each
         token = order // k
         counts = torch.bincount(flat, minlength=local * self.size)  # (E,)
-        mine = torch.empty_like(counts)
-        dist.all_to_all_single(mine, counts, group=self.group)
-        send = counts.view(self.size, local).sum(1).tolist()
-        received = mine.view(self.size, local)
-        recv = received.sum(1).tolist()
-        rows = all_to_all_single_autograd(hidden_states[token], recv, send, self.group)
-        ids = torch.arange(local, device=rows.device).repeat(self.size).repeat_interleave(received.reshape(-1))  # source-major runs
-        out = self.own(self.mod, rows, ids.unsqueeze(1), torch.ones(rows.shape[0], 1, dtype=top_k_weights.dtype, device=rows.device))
-        back = all_to_all_single_autograd(out, send, recv, self.group)
+
+        def compute(rows: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+            ids = torch.arange(local, device=rows.device).repeat(self.size).repeat_interleave(received.reshape(-1))  # source-major runs
+            ones = torch.ones(rows.shape[0], 1, dtype=top_k_weights.dtype, device=rows.device)
+            return self.own(self.mod, rows, ids.unsqueeze(1), ones)
+
+        back = exchange(self.group, self.size, local, hidden_states[token], counts, compute)
         weighted = back * top_k_weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros_like(hidden_states).index_add_(0, token, weighted.to(hidden_states.dtype))
 
@@ -141,14 +150,8 @@ class AllToAll:
         if x.is_meta:  # shape inference (pipeline stages): nothing to send
             return x.new_empty(x.shape[0], experts.w2.shape[-1])
         local = experts.local_experts
-        mine = torch.empty_like(counts)  # (ep * local,): rows each source sends to each of my experts
-        dist.all_to_all_single(mine, counts, group=self.group)
-        send = counts.view(self.size, local).sum(1).tolist()
-        received = mine.view(self.size, local)
-        recv = received.sum(1).tolist()
-        rows = all_to_all_single_autograd(x, recv, send, self.group)
-        out = experts.compute(rows, received.reshape(-1).tolist(), list(range(local)) * self.size)
-        return all_to_all_single_autograd(out, send, recv, self.group)
+        return exchange(self.group, self.size, local, x, counts,
+                        lambda rows, received: experts.compute(rows, received.reshape(-1).tolist(), list(range(local)) * self.size))
 
 
 def reduce_expert_grads(params: list[nn.Parameter], replicas, dp: int) -> None:
