@@ -200,7 +200,8 @@ class CostModel:
     def held_bytes(self, s: Strategy, table: LayerTable, held: Sequence[RankBytes]) -> tuple[float, float]:
         """(device bytes of the peak rank, host bytes per node) of `s` for ranks holding `held`."""
         mem = self._memory(s, held, s.num_microbatches(self.work.global_batch), table)
-        return mem["total"], self.host_bytes_per_node(s, max(r.params for r in held), self.topology(s))
+        host = self.host_bytes_per_node(s, max(r.params for r in held), self.topology(s)) if s.offload else 0.0
+        return mem["total"], host
 
     def optimizer_s(self, s: Strategy, params: float, rate: DeviceRate, topo: Topology) -> float:
         """The optimizer step of a rank holding `params` (linear in them): on the device over

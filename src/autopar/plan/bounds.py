@@ -71,8 +71,6 @@ class _Totals:
     compute_s: float  # forward + backward + tensor-parallel, no recomputation (T)
     recompute_s: float
     p2p_min_s: float  # the cheapest boundary send
-    params: float
-    activation_bytes: float
     unit_max_s: float  # the slowest and fastest block unit (a block and the layers riding on it)
     unit_min_s: float
     average: Rank  # the average pipeline rank, for the synchronisation floor
@@ -105,6 +103,8 @@ class NodeFloors:
         self._shardings: dict[Sharding, tuple[Strategy, Topology]] = {}
         self._state_bytes: dict[tuple[Sharding, bool], tuple[float, float]] = {}
         self._flight: dict[Schedule, tuple[float, float]] = {}
+        self._unit: dict[tuple[bool, Recompute], LayerTable] = {}
+        self._bytes: dict[tuple, float] = {}
 
     def _table(self, sp: bool, rc: Recompute) -> LayerTable:
         key = (sp, rc)
@@ -113,6 +113,23 @@ class NodeFloors:
             s = self.base.evolve(sequence_parallel=sp, recompute=rc)
             table = self._tables[key] = self.model.table(s, self.b, self.topo, self.rate)
         return table
+
+    def _per_sample(self, sp: bool, rc: Recompute) -> LayerTable:
+        """The layer table at one sample per micro-batch: parameters do not depend on b and
+        every byte term is b times its value here (cost/layers.py: each is a per-sample size
+        times b), so memory floors need no table at b. One table per (tp, sp, rc) setting,
+        shared by every node."""
+        key = (sp, rc)
+        table = self._unit.get(key)
+        if table is None:
+            s = self.base.evolve(sequence_parallel=sp, recompute=rc, microbatch=None)
+            table = self._unit[key] = self.model.table(s, 1, self.topo, self.rate)
+        return table
+
+    def _activation_bytes(self, sp: bool, rc: Recompute) -> float:
+        """Every layer's saved activations of one micro-batch: b times one sample's, less a
+        relative 1e-12 so the product's rounding never lifts it above the table at b."""
+        return self.b * self._per_sample(sp, rc).total("activation_bytes") * (1 - 1e-12)
 
     def _totals(self, sp: bool, rc: Recompute) -> _Totals:
         key = (sp, rc)
@@ -135,8 +152,8 @@ class NodeFloors:
                            activation_bytes=total("activation_bytes") / pp, working_bytes=0.0, boundary_bytes=0.0,
                            expert_params=total("expert_params") / pp if self.base.ep > 1 else 0.0)
             shares = [x.forward_s / (x.forward_s + x.backward_s) for x in costs if x.forward_s + x.backward_s > 0]
-            self._sums[key] = _Totals(table.total_time_s() - recompute, recompute, p2p, total("params"),
-                                      total("activation_bytes"), unit_max, unit_min, average, min(shares, default=1.0))
+            self._sums[key] = _Totals(table.total_time_s() - recompute, recompute, p2p, unit_max, unit_min, average,
+                                      min(shares, default=1.0))
         return self._sums[key]
 
     def pipe_s(self, sp: bool, schedule: Schedule, v: int, rc: Recompute = Recompute.NONE) -> float:
@@ -181,7 +198,7 @@ class NodeFloors:
         """The optimizer step at the average rank's parameters (the same for every sp, rc)."""
         if zero not in self._optimizer:
             s, topo = self._sharded(zero)
-            self._optimizer[zero] = self.model.optimizer_s(s, self._table(sp, rc).total("params") / self.pp, self.rate, topo)
+            self._optimizer[zero] = self.model.optimizer_s(s, self._per_sample(sp, rc).total("params") / self.pp, self.rate, topo)
         return self._optimizer[zero]
 
     def _sharded(self, zero: Sharding) -> tuple[Strategy, Topology]:
@@ -209,12 +226,16 @@ class NodeFloors:
         (states + activations, f_min micro-batches each) and the activations alone weighted by
         1 / flights (max_r x_r >= sum_r w_r x_r for weights w_r >= 0 summing to one; with
         w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the layout)."""
-        t = self._totals(sp, rc)
-        params, acts = t.params, t.activation_bytes
-        per_param, shared = self._states(zero, self._table(sp, rc).max_params)
-        f_min, inverse_sum = self._flights(schedule)
-        average = (params * per_param + acts * f_min) / self.pp
-        return max(average, acts / inverse_sum) + shared + self.model.reserve_bytes
+        key = (sp, schedule, rc, zero)
+        found = self._bytes.get(key)
+        if found is None:
+            unit = self._per_sample(sp, rc)
+            params, acts = unit.total("params"), self._activation_bytes(sp, rc)
+            per_param, shared = self._states(zero, unit.max_params)
+            f_min, inverse_sum = self._flights(schedule)
+            average = (params * per_param + acts * f_min) / self.pp
+            found = self._bytes[key] = max(average, acts / inverse_sum) + shared + self.model.reserve_bytes
+        return found
 
     def _states(self, zero: Sharding, max_layer_params: float, any_microbatch: bool = False) -> tuple[float, float]:
         """(device state bytes per parameter, buffers every rank holds) of one sharding; the
@@ -261,9 +282,9 @@ class NodeFloors:
         for every micro-batch size, the states taken without accumulation."""
         key = (tuple(sps), tuple(rcs))
         acts = self._least_acts.get(key)
-        if acts is None:  # the tables alone: no floors of the settings' times are built for this
-            acts = self._least_acts[key] = min(self._table(sp, rc).total("activation_bytes") for sp in sps for rc in rcs)
-        table = self._table(sps[0], rcs[0])
+        if acts is None:  # one sample's tables alone: no table at b is built for this
+            acts = self._least_acts[key] = min(self._activation_bytes(sp, rc) for sp in sps for rc in rcs)
+        table = self._per_sample(sps[0], rcs[0])
         params = table.total("params")
         states = [self._states(z, table.max_params, any_microbatch) for z in zeros]
         f_min, inverse_sum = self._flights(schedule)

@@ -49,6 +49,7 @@ from autopar.techniques.microbatch.space import microbatches
 from autopar.techniques.pipeline.space import schedules
 from autopar.techniques.recompute.space import recomputes
 from autopar.techniques.tensor.space import sequence_parallel
+from autopar.util import cyclic_gc_paused
 
 
 @dataclass
@@ -294,17 +295,21 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
     f, c, out = n.f, n.c, []
     pairs, sps, rcs, zeros, _ = n.knobs
     per_s = _score_floor(search, f, 1.0)  # the objective is linear in the step time
-    optimizer = _family_rests(search, c, [(z, f.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros])
+    optimizer = [(z, search.family(c, z), f.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros]
+    least_optimizer = _family_rests(search, c, [(z, opt) for z, _, opt in optimizer])
     for sp in sps:
         pipes = [(sched, v, f.pipe_s(sp, sched, v)) for sched, v in pairs]
         # the optimizer alone first (a floor of the rest): synchronisation is priced only
-        # for the (schedule, chunks) pairs it leaves
+        # for the (schedule, chunks) pairs it leaves, and for the shardings it leaves at the
+        # least of their pipeline floors
         left = [(sched, v, pipe) for sched, v, pipe in pipes
-                if not _beaten(search, tuple((fam, (pipe + rest) * per_s) for fam, rest in optimizer))]
+                if not _beaten(search, tuple((fam, (pipe + rest) * per_s) for fam, rest in least_optimizer))]
         _count(search, "step-time floor", len(pipes) - len(left))
         if not left:
             continue
-        rests = _family_rests(search, c, [(z, min(f.rest_s(sp, rc, z) for rc in rcs)) for z in zeros])
+        least_pipe = min(pipe for _, _, pipe in left)
+        live = [z for z, fam, opt in optimizer if (least_pipe + opt) * per_s <= search.limit(fam)]
+        rests = _family_rests(search, c, [(z, min(f.rest_s(sp, rc, z) for rc in rcs)) for z in live])
         for sched, v, pipe in left:
             floors = tuple((fam, (pipe + rest) * per_s) for fam, rest in rests)
             if _beaten(search, floors):
@@ -317,14 +322,16 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
 def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
     """A group's (recompute, sharding) settings the step-time and memory floors leave."""
     n, f, out = g.node, g.node.f, []
-    _, _, rcs, zeros, periods = n.knobs
+    _, sps, rcs, zeros, periods = n.knobs
     per_s = _score_floor(search, f, 1.0)  # the objective is linear in the step time
-    fams = [(zero, fam, search.limit(fam)) for zero in zeros for fam in (search.family(n.c, zero),)]
+    fams = [(zero, fam, search.limit(fam), f.optimizer_s(sps[0], Recompute.NONE, zero))
+            for zero in zeros for fam in (search.family(n.c, zero),)]
     for rc in rcs:
         pipe = f.pipe_s(g.sp, g.sched, g.v, rc)
-        for zero, fam, limit in fams:
-            floor = (pipe + f.rest_s(g.sp, rc, zero)) * per_s
-            if floor > limit:  # _beaten for one family, its limit read once per group
+        for zero, fam, limit, optimizer in fams:
+            # _beaten for one family, its limit read once per group; the optimizer alone
+            # first, so synchronisation is priced only where it can decide
+            if (pipe + optimizer) * per_s > limit or (floor := (pipe + f.rest_s(g.sp, rc, zero)) * per_s) > limit:
                 _count(search, "step-time floor")
                 continue
             need = f.bytes(g.sp, g.sched, rc, zero)
@@ -439,11 +446,12 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
                         max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
     search = _Search(model, ctx, objective, top_k, fixed)
-    _seed(search)
-    _run(search)
-    for fam, (_, s) in list(search.lean.items()):
-        if fam not in search.family_smallest:
-            search.consider(s)
+    with cyclic_gc_paused():
+        _seed(search)
+        _run(search)
+        for fam, (_, s) in list(search.lean.items()):
+            if fam not in search.family_smallest:
+                search.consider(s)
     seconds = time.perf_counter() - t0
     if not search.best:
         needed = _nodes_needed(recipe, model, fixed, objective) if advise else None
