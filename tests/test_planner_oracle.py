@@ -107,3 +107,43 @@ def test_the_floors_hold_per_sample_time_falls_and_activations_grow_with_the_mic
             acts.append(table.prefix["activation_bytes"][-1])
         assert all(x >= y * (1 - 1e-12) for x, y in zip(per_sample, per_sample[1:])), per_sample
         assert all(x <= y for x, y in zip(acts, acts[1:])), acts
+
+
+@pytest.mark.parametrize("model,tp,cp,ep", [(GPT_1B, 2, 1, 1), (LLAMA_32K, 2, 2, 1), (MOE_16, 1, 1, 2)])
+def test_the_floors_hold_bytes_are_linear_in_the_micro_batch(model, tp, cp, ep):
+    """plan/bounds.py reads memory floors from one sample's layer table: every byte term at
+    micro-batch b is b times its value there, and parameters do not depend on b."""
+    recipe = _recipe(model, 64, optimizer="adam", precision="bf16")
+    cost = CostModel.for_recipe(recipe, parse_cluster({**DGX, "nodes": 2}))
+    for sp in ([False, True] if tp > 1 else [False]):
+        for rc in Recompute:
+            s = Strategy(dp=4, tp=tp, cp=cp, ep=ep, sequence_parallel=sp, recompute=rc)
+            topo = cost.topology(s)
+            rate = cost.rate(s, topo.used_per_node)
+            one = cost.table(s, 1, topo, rate)
+            for b in (2, 3, 8):
+                at_b = cost.table(s, b, topo, rate)
+                for field in ("activation_bytes", "working_bytes", "output_bytes"):
+                    assert [getattr(c, field) for c in at_b.costs] == pytest.approx([b * getattr(c, field) for c in one.costs], rel=1e-12)
+                assert [c.params for c in at_b.costs] == [c.params for c in one.costs]
+
+
+def test_the_exact_memory_check_of_zbv_is_its_own_layout_not_the_interleaved_one():
+    """NodeFloors.excess_bytes caches each rank's holdings per layout: ZB-V's V-shaped ranks
+    at 2 chunks are not interleaved's looped ones at 2 (the cache was keyed by chunks alone,
+    so a ZB-V setting checked after an interleaved one read the wrong ranks)."""
+    from autopar.plan.bounds import NodeFloors
+    from autopar.spec.enums import Schedule
+    from autopar.techniques.data.space import Sharding
+
+    recipe = _recipe(GPT_4B, 64, optimizer="adam", precision="bf16")
+    cost = CostModel.for_recipe(recipe, parse_cluster({**DGX, "nodes": 1}))
+    c = {"dp": 1, "tp": 1, "pp": 4, "threads": 1, "sync": Strategy().sync, "data_partition": Strategy().data_partition,
+         "subnet": False}
+    for rc in Recompute:
+        fresh = NodeFloors(cost, c, 1, 64, [1]).excess_bytes(False, Schedule.ZBV, 2, rc, Sharding())
+        warm = NodeFloors(cost, c, 1, 64, [1])
+        warm.excess_bytes(False, Schedule.INTERLEAVED, 2, rc, Sharding())
+        assert warm.excess_bytes(False, Schedule.ZBV, 2, rc, Sharding()) == fresh
+        exact = cost.estimate(Strategy(pp=4, microbatch=1, schedule=Schedule.ZBV, virtual_stages=2, recompute=rc))
+        assert fresh + warm.capacity_bytes == pytest.approx(exact.memory_per_device_bytes, rel=1e-12)

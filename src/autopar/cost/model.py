@@ -180,21 +180,21 @@ class CostModel:
         """(device memory breakdown of the peak rank, host bytes per node)."""
         return self._memory(s, rs.ranks, m, table), self.host_bytes_per_node(s, rs.max_params, topo)
 
-    def held(self, s: Strategy) -> tuple[LayerTable, list[RankBytes]]:
-        """What each pipeline rank holds on `s`'s time-balanced layout (no times): with
-        held_bytes(), exactly the memory estimate() prices wherever it does not cut the
-        layout again under a memory cap (pp = 1, chunks > 1 or fixed stages). Read by the
-        planner to check memory before pricing; it depends on the sequence parallel,
-        recompute, micro-batch and chunk settings only."""
+    def held(self, s: Strategy, ranks: Optional[int] = None) -> tuple[LayerTable, list[RankBytes]]:
+        """What each pipeline rank holds on `s`'s time-balanced layout (no times), or the first
+        `ranks` of them: with held_bytes(), exactly the memory estimate() prices wherever it
+        does not cut the layout again under a memory cap (pp = 1, chunks > 1 or fixed
+        stages). Read by the planner to check memory before pricing; it depends on the
+        sequence parallel, recompute, micro-batch and chunk settings only."""
         b = s.microbatch_size(self.work.global_batch)
         topo = self.topology(s)
         table = self.table(s, b, topo, self.rate(s, topo.used_per_node))
         counts = self.layout(s, table)
-        key = (id(table), counts, s.pp, s.virtual_stages, s.schedule.v_shaped)
+        key = (id(table), counts, s.pp, s.virtual_stages, s.schedule.v_shaped, ranks)
         held = self._held.get(key)
         if held is None:
             ranges = pipeline_cost.rank_ranges(counts, s.pp, s.virtual_stages, self.profile.cuts, self.n_layers, s.schedule.v_shaped)
-            held = self._held[key] = [self._rank_bytes(s, table, chunks) for chunks in ranges]
+            held = self._held[key] = [self._rank_bytes(s, table, chunks) for chunks in ranges[:ranks]]
         return table, held
 
     def held_bytes(self, s: Strategy, table: LayerTable, held: Sequence[RankBytes]) -> tuple[float, float]:

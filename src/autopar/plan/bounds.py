@@ -98,7 +98,7 @@ class NodeFloors:
         self._least_acts: dict[tuple, float] = {}
         self._sync: dict[tuple, float] = {}
         self._rest: dict[tuple, float] = {}
-        self._held: dict[tuple, tuple] = {}  # (sp, rc, chunks) -> the cost model's table and per-rank holdings
+        self._held: dict[tuple, tuple] = {}  # (sp, rc, chunks, V-shaped, ranks) -> the cost model's table and per-rank holdings
         self._optimizer: dict[Sharding, float] = {}
         self._shardings: dict[Sharding, tuple[Strategy, Topology]] = {}
         self._state_bytes: dict[tuple[Sharding, bool], tuple[float, float]] = {}
@@ -259,11 +259,17 @@ class NodeFloors:
         if floor > 0 or (self.pp > 1 and v == 1):
             return floor
         s = self.base.evolve(sequence_parallel=sp, recompute=rc, schedule=schedule, virtual_stages=v, **zero.fields())
-        key = (sp, rc, v)
-        if key not in self._held:
-            self._held[key] = self.model.held(s)
-        device, host = self.model.held_bytes(s, *self._held[key])
-        return max(device - self.capacity_bytes, host - self.model.host_capacity_bytes)
+        # the first rank alone first: it holds the most micro-batches in flight (and the
+        # embedding), so it is where most settings overflow, and the peak is at least it
+        for ranks in (1, None):
+            key = (sp, rc, v, schedule.v_shaped, ranks)  # ZB-V's layout is not the looped one of the same v
+            if key not in self._held:
+                self._held[key] = self.model.held(s, ranks)
+            device, host = self.model.held_bytes(s, *self._held[key])
+            over = max(device - self.capacity_bytes, host - self.model.host_capacity_bytes)
+            if over > 0 or self.pp == 1:
+                return over
+        return over
 
     def _flights(self, schedule: Schedule, v: int = 2) -> tuple[float, float]:
         """(fewest micro-batches a rank holds, sum over ranks of 1 / micro-batches held); the
