@@ -14,7 +14,7 @@ from functools import cached_property
 from itertools import accumulate
 from typing import Optional, Sequence
 
-from autopar.cost.compute import DeviceRate, layer_compute
+from autopar.cost.compute import DeviceRate, LayerCompute, layer_compute
 from autopar.cost.efficiency import Efficiency
 from autopar.profile.types import LayerStats
 from autopar.spec.enums import Recompute
@@ -50,13 +50,14 @@ FIELDS = ("forward_s", "backward_s", "recompute_s", "tp_forward_s", "tp_backward
 
 def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompute, rate: DeviceRate,
                 eff: Efficiency, all_reduce: CommFn, split_params: bool = True, tp_module_overhead_s: float = 0.0,
-                ep: int = 1, all_to_all: Optional[CommFn] = None) -> LayerCosts:
+                ep: int = 1, all_to_all: Optional[CommFn] = None,
+                base: Optional[tuple[LayerCompute, float, float]] = None) -> LayerCosts:
     """Costs of `stats` at micro-batch b on one of tp tensor-parallel ranks (and, with ep > 1,
     of ep expert-parallel ranks). all_reduce(bytes) prices one TP collective; with sequence
     parallelism it stands for the reduce-scatter + all-gather pair (same bytes);
-    all_to_all(bytes) one exchange over the ep group."""
-    c = layer_compute(stats, b, tp, sp, rate, eff, ep)
-    tp_f, tp_b = tensor_cost.tp_comm_s(stats, b, tp, all_reduce, tp_module_overhead_s)
+    all_to_all(bytes) one exchange over the ep group. `base`: layer_base_costs() of the same
+    arguments, which do not depend on the recompute mode (shared by the three modes' tables)."""
+    c, tp_f, tp_b = base or layer_base_costs(stats, b, tp, sp, rate, eff, all_reduce, tp_module_overhead_s, ep)
     params = tensor_cost.params_per_rank(stats, tp) if split_params else stats.params
     experts, ep_s = float(stats.expert_params), 0.0
     if ep > 1 and stats.expert_params:  # experts are replicated over tp, split over ep
@@ -82,6 +83,13 @@ def layer_costs(stats: LayerStats, b: int, tp: int, sp: bool, recompute: Recompu
     )
 
 
+def layer_base_costs(stats: LayerStats, b: int, tp: int, sp: bool, rate: DeviceRate, eff: Efficiency, all_reduce: CommFn,
+                     tp_module_overhead_s: float = 0.0, ep: int = 1) -> tuple[LayerCompute, float, float]:
+    """(compute, tensor-parallel forward s, backward s) of one layer: the part of
+    layer_costs() every recompute mode shares."""
+    return (layer_compute(stats, b, tp, sp, rate, eff, ep), *tensor_cost.tp_comm_s(stats, b, tp, all_reduce, tp_module_overhead_s))
+
+
 class LayerTable:
     """Per-layer costs in model order, with prefix sums for range queries.
 
@@ -89,9 +97,10 @@ class LayerTable:
     (a GPT: 3 runs, not 98 layers); the prefix sums are built on first use only, as a
     search prices far fewer settings than it bounds."""
 
-    def __init__(self, costs: Sequence[LayerCosts]):
+    def __init__(self, costs: Sequence[LayerCosts], runs: Optional[list[tuple[LayerCosts, int]]] = None):
         self.costs = list(costs)
-        runs = run_lengths(self.costs, lambda a, b: a is b)  # identical layers share one LayerCosts
+        if runs is None:  # identical layers share one LayerCosts
+            runs = run_lengths(self.costs, lambda a, b: a is b)
         self.cost_runs = runs
         self.runs = tuple((c.time_s, n) for c, n in runs)
         self.max_params = max((c.params for c in costs), default=0.0)

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from autopar.cost import collectives as coll
 from autopar.cost.compute import DeviceRate
 from autopar.cost.efficiency import DEFAULT, Efficiency
 from autopar.cost.estimate import GB, Estimate, Workload
-from autopar.cost.layers import LayerTable, layer_costs
+from autopar.cost.layers import LayerCosts, LayerTable, layer_base_costs, layer_costs
 from autopar.profile.profiler import profile_recipe
-from autopar.profile.types import ModelProfile, is_mlp_layer
+from autopar.profile.types import LayerStats, ModelProfile, is_mlp_layer
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import DataPartition, Recompute, Schedule, Sync
 from autopar.spec.recipe import Recipe
@@ -43,6 +43,7 @@ from autopar.techniques.offload import cost as offload_cost
 from autopar.techniques.pipeline import cost as pipeline_cost
 from autopar.techniques.subnet import cost as subnet_cost
 from autopar.techniques.threads import cost as threads_cost
+from autopar.util import run_lengths
 
 FRAMEWORK_RESERVE_BYTES = {True: 0.35 * GB, False: 1.5 * GB}  # CPU process (torch + Python); CUDA context + allocator slack
 HOST_MEMORY_USABLE = 0.8  # of a node's host memory, for offloaded states (the OS, loaders and pinned buffers take the rest)
@@ -111,6 +112,7 @@ class CostModel:
         self.profile, self.work, self.cluster, self.eff = profile, work, cluster, eff
         self.stats = [layer.stats for layer in profile.layers]
         self.n_layers = len(self.stats)
+        self._stat_runs = run_lengths(self.stats, lambda a, b: a is b)  # identical layers share one LayerStats
         self.peak = cluster.device.peak_flops_for(work.precision)
         self.model_flops_per_sample = profile.forward_flops + profile.backward_flops
         self.per_param = data_cost.bytes_per_param(work.optimizer, work.precision)  # (param, grad, state) bytes
@@ -119,6 +121,7 @@ class CostModel:
         self.facts = profile.facts  # what the rules read, extracted once by the profiler
         self.reserve_bytes = FRAMEWORK_RESERVE_BYTES[dev.shared_memory]
         self._tables: dict[tuple, LayerTable] = {}
+        self._base_costs: dict[tuple, tuple] = {}  # (layer, b, tp, sp, rate, ep, tp placement) -> layer_base_costs()
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
         self._ranks: dict[tuple, RankSet] = {}
         self._held: dict[tuple, list[RankBytes]] = {}
@@ -442,34 +445,46 @@ class CostModel:
                topo.ep if s.ep > 1 else None, topo.cp if s.cp > 1 else None)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = LayerTable(self._layer_costs(s, b, topo, rate))
+            runs = self._layer_cost_runs(s, b, topo, rate)
+            table = self._tables[key] = LayerTable([c for c, n in runs for _ in range(n)], runs)
         return table
 
-    def _layer_costs(self, s: Strategy, b: int, topo: Topology, rate: DeviceRate) -> list:
-        """Per layer, one micro-batch of b samples on one rank; with context parallelism each
-        rank computes 1/cp of every sample's tokens (context/cost.py): costs at b / cp samples."""
+    def _layer_cost_runs(self, s: Strategy, b: int, topo: Topology, rate: DeviceRate) -> list[tuple[LayerCosts, int]]:
+        """Per run of identical layers (the profile's), one micro-batch of b samples on one
+        rank; with context parallelism each rank computes 1/cp of every sample's tokens
+        (context/cost.py): costs at b / cp samples. A feature partition splits layer 0 only."""
+        features = s.data_partition is DataPartition.FEATURES
+        by_stats: dict[tuple, LayerCosts] = {}
+        runs, start = [], 0
+        for stats, n in self._stat_runs:
+            pieces = [(True, 1), (False, n - 1)] if features and start == 0 else [(False, n)]
+            for feature_layer, count in pieces:
+                if count:
+                    key = (id(stats), feature_layer)
+                    if key not in by_stats:
+                        by_stats[key] = self._one_layer_costs(s, stats, b, topo, rate, feature_layer)
+                    runs.append((by_stats[key], count))
+            start += n
+        return runs
+
+    def _one_layer_costs(self, s: Strategy, stats: LayerStats, b: int, topo: Topology, rate: DeviceRate, feature_layer: bool) -> LayerCosts:
         cl, eff = self.cluster, self.eff
+        if s.subnet and s.dp > 1 and is_mlp_layer(stats):
+            return subnet_cost.subnet_layer_costs(stats, b, s.dp, s.recompute, rate, eff)
+        if feature_layer:
+            return features_cost.feature_layer_costs(stats, b, s.dp, s.recompute, rate, eff, lambda n: coll.all_reduce_s(n, topo.dp, cl, eff))
         share = b / s.cp
-        by_stats: dict[tuple, Any] = {}
-        costs = []
-        for i, stats in enumerate(self.stats):
-            feature_layer = s.data_partition is DataPartition.FEATURES and i == 0
-            key = (id(stats), feature_layer)
-            if key not in by_stats:
-                if s.subnet and s.dp > 1 and is_mlp_layer(stats):
-                    by_stats[key] = subnet_cost.subnet_layer_costs(stats, b, s.dp, s.recompute, rate, eff)
-                elif feature_layer:
-                    by_stats[key] = features_cost.feature_layer_costs(stats, b, s.dp, s.recompute, rate, eff,
-                                                                      lambda n: coll.all_reduce_s(n, topo.dp, cl, eff))
-                else:
-                    by_stats[key] = layer_costs(stats, share, s.tp, s.sequence_parallel, s.recompute, rate, eff,
-                                                lambda n: coll.all_reduce_s(n, topo.tp, cl, eff),
-                                                tp_module_overhead_s=cl.device.tp_module_overhead_s, ep=s.ep,
-                                                all_to_all=lambda n: coll.all_to_all_s(n, topo.ep, cl, eff))
-                    if s.cp > 1 and stats.kv_bytes:
-                        by_stats[key] = replace(by_stats[key], cp_s=context_cost.kv_exchange_s(
-                            stats.kv_bytes * b / s.tp, lambda n: coll.all_gather_s(n, topo.cp, cl, eff)))
-            costs.append(by_stats[key])
+        base_key = (id(stats), share, s.tp, s.sequence_parallel, rate, s.ep, topo.tp)
+        base = self._base_costs.get(base_key)
+        if base is None:  # what the three recompute modes' tables share
+            base = self._base_costs[base_key] = layer_base_costs(stats, share, s.tp, s.sequence_parallel, rate, eff,
+                                                                 lambda n: coll.all_reduce_s(n, topo.tp, cl, eff),
+                                                                 cl.device.tp_module_overhead_s, s.ep)
+        costs = layer_costs(stats, share, s.tp, s.sequence_parallel, s.recompute, rate, eff, lambda n: coll.all_reduce_s(n, topo.tp, cl, eff),
+                            tp_module_overhead_s=cl.device.tp_module_overhead_s, ep=s.ep,
+                            all_to_all=lambda n: coll.all_to_all_s(n, topo.ep, cl, eff), base=base)
+        if s.cp > 1 and stats.kv_bytes:
+            costs = replace(costs, cp_s=context_cost.kv_exchange_s(stats.kv_bytes * b / s.tp, lambda n: coll.all_gather_s(n, topo.cp, cl, eff)))
         return costs
 
     def layout(self, s: Strategy, table: LayerTable) -> Optional[tuple[int, ...]]:
