@@ -14,9 +14,11 @@ an item is split (or a leaf priced) when the heap reaches its least floor, so se
 are priced in floor order across the whole space:
   - step-time floor: an item whose floor for every family is above both the K-th best
     plan and that family's best is skipped;
-  - memory floor: a node, or a leaf, whose peak rank must hold more than the device does
-    is skipped; a leaf whose layout the cost model fixes (chunks > 1, no pipeline) is
-    checked on its exact memory before it is priced.
+  - memory floor: a structure (at its smallest micro-batch), a node, or a leaf, whose
+    peak rank must hold more than the device does is skipped, checked when the heap
+    reaches it; a leaf whose layout the cost model fixes (chunks > 1, no pipeline) is
+    checked on its exact memory (its first rank, then every rank) before it is priced.
+The search runs with the cyclic garbage collector paused (util.cyclic_gc_paused).
 No other pruning: tests/test_planner_oracle.py checks plan 1 against brute force.
 """
 
@@ -202,7 +204,10 @@ class _Node:
 
 @dataclass(frozen=True)
 class _Structure:
-    """A structure before its micro-batch sizes are split into nodes."""
+    """A structure before its micro-batch sizes are split into nodes; its memory is checked
+    when the heap reaches its floor. One beaten before that is never checked, and no family
+    loses its 'needs X GB' by it: a family's limit is infinite until one of its settings is
+    priced and fits (_Search.threshold), so only families with a fitting plan are beaten."""
 
     floors: Floors
     c: dict
@@ -215,7 +220,7 @@ def _structure(search: _Search, c: dict) -> Optional[_Structure]:
     """The structure with its floor: the pipeline's per-sample floor at the largest micro-batch
     (per-sample time never grows with the micro-batch in the cost model: weights, launches
     and latencies amortise, GEMMs get wider; tests/test_planner_oracle.py checks it), or
-    None when even its least-memory setting at the smallest micro-batch cannot fit."""
+    None when no micro-batch size is left."""
     ctx = search.ctx
     sps = search.pinned("sequence_parallel", sequence_parallel(ctx, c))
     rcs = search.pinned("recompute", recomputes(ctx))
@@ -228,17 +233,27 @@ def _structure(search: _Search, c: dict) -> Optional[_Structure]:
         sizes = [b] if b in sizes else []
     if not sizes:
         return None
-    small = NodeFloors(search.model, c, sizes[-1], local // sizes[-1], periods)
-    if small.least_bytes(sps, Schedule.ONE_F_ONE_B, rcs, zeros, any_microbatch=True) > small.capacity_bytes:
-        _count(search, "memory floor")
-        pairs = _pinned_schedules(search, c, local // sizes[-1])
-        if pairs:
-            _note_leanest(search, _Node((), c, sizes[-1], small, (pairs, sps, rcs, zeros, periods)))
-        return None
     big = NodeFloors(search.model, c, sizes[0], local // sizes[0], periods)
     rests = [(z, big.optimizer_s(sps[0], Recompute.NONE, z)) for z in zeros]
     floors = _family_floors(search, big, c, min(big.per_sample_pipe_s(sp) for sp in sps), rests)
-    return _Structure(floors, c, tuple(sizes), (sps, rcs, zeros, periods), {sizes[0]: big, sizes[-1]: small})
+    return _Structure(floors, c, tuple(sizes), (sps, rcs, zeros, periods), {sizes[0]: big})
+
+
+def _fits_somewhere(search: _Search, st: _Structure) -> bool:
+    """Whether the structure's least-memory setting at its smallest micro-batch can fit;
+    where it cannot, its leanest settings are noted (the family's 'needs X GB')."""
+    sps, rcs, zeros, periods = st.knobs
+    c, b = st.c, st.sizes[-1]
+    local = search.ctx.global_batch if c["data_partition"].value == "features" else search.ctx.global_batch // c["dp"]
+    small = st.node_floors.get(b) or NodeFloors(search.model, c, b, local // b, periods)
+    st.node_floors[b] = small
+    if small.least_bytes(sps, Schedule.ONE_F_ONE_B, rcs, zeros, any_microbatch=True) <= small.capacity_bytes:
+        return True
+    _count(search, "memory floor")
+    pairs = _pinned_schedules(search, c, local // b)
+    if pairs:
+        _note_leanest(search, _Node((), c, b, small, (pairs, sps, rcs, zeros, periods)))
+    return False
 
 
 def _nodes(search: _Search, st: _Structure) -> list[_Node]:
@@ -424,8 +439,9 @@ def _run(search: _Search) -> None:
             for leaf in _leaves(search, item):
                 _push(search, leaf)
         elif isinstance(item, _Structure):
-            for n in _nodes(search, item):
-                _push(search, n)
+            if _fits_somewhere(search, item):
+                for n in _nodes(search, item):
+                    _push(search, n)
         else:
             pairs, sps, rcs, zeros, _ = item.knobs
             if min(item.f.least_bytes(sps, sched, rcs, zeros) for sched in {p[0] for p in pairs}) > item.f.capacity_bytes:
