@@ -324,14 +324,45 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
             continue
         least_pipe = min(pipe for _, _, pipe in left)
         live = [z for z, fam, opt in optimizer if (least_pipe + opt) * per_s <= search.limit(fam)]
-        rests = _family_rests(search, c, [(z, min(f.rest_s(sp, rc, z) for rc in rcs)) for z in live])
+        fitting: dict[Schedule, tuple] = {}
         for sched, v, pipe in left:
-            floors = tuple((fam, (pipe + rest) * per_s) for fam, rest in rests)
+            if sched not in fitting:  # memory does not depend on the chunk count
+                fitting[sched] = _fitting_rests(search, n, sp, sched, v, live)
+            if not fitting[sched]:
+                _count(search, "memory floor")
+                continue
+            # per family, the least over recompute modes with a setting that may fit
+            least: dict[str, float] = {}
+            for rc, rests in fitting[sched]:
+                pipe_rc = pipe if rc is Recompute.NONE else f.pipe_s(sp, sched, v, rc)
+                for fam, rest in rests:
+                    least[fam] = min(pipe_rc + rest, least.get(fam, float("inf")))
+            floors = tuple((fam, t * per_s) for fam, t in least.items())
             if _beaten(search, floors):
                 _count(search, "step-time floor")
                 continue
             out.append(_Group(floors, n, sp, sched, v))
     return out
+
+
+def _fitting_rests(search: _Search, n: _Node, sp: bool, sched: Schedule, v: int, zeros: Sequence[Sharding]) -> tuple:
+    """((recompute, ((family, least rest), ...)), ...) over the (recompute, sharding) settings of
+    one (sp, schedule) whose memory floor fits: a group's floor is the least of its leaves
+    that may be priced (at 175B, no recompute seldom fits, so its pipeline time is not a
+    floor of what runs). Where none fits, the leanest are noted, as _leaves would."""
+    f, c, out = n.f, n.c, []
+    for rc in n.knobs[2]:
+        least: dict[str, float] = {}
+        for z in zeros:
+            fam = search.family(c, z)
+            need = f.bytes(sp, sched, rc, z)
+            if need > f.capacity_bytes:
+                search.note_lean(fam, need, partial(_setting, c, n.b, f.m, sched, v, sp, rc, z, n.knobs[4][-1]))
+                continue
+            least[fam] = min(f.rest_s(sp, rc, z), least.get(fam, float("inf")))
+        if least:
+            out.append((rc, tuple(least.items())))
+    return tuple(out)
 
 
 def _leaves(search: _Search, g: _Group) -> list[_Leaf]:

@@ -81,6 +81,15 @@ def structures(ctx: SearchContext, pruned: Optional[dict[str, int]] = None) -> I
         last = max(p.reads, key=order.index)
         by_last_read.setdefault(last, []).append(p)
 
+    verdicts: dict[tuple, bool] = {}  # (predicate, the values it reads) -> ok: they are pure
+
+    def ok(p: Predicate, partial: Partial) -> bool:
+        key = (id(p), *(partial[f] for f in p.reads))
+        found = verdicts.get(key)
+        if found is None:
+            found = verdicts[key] = p.ok(ctx, partial)
+        return found
+
     def walk(i: int, partial: Partial) -> Iterator[Partial]:
         if i == len(STRUCTURE):
             yield dict(partial)
@@ -88,7 +97,7 @@ def structures(ctx: SearchContext, pruned: Optional[dict[str, int]] = None) -> I
         dim = STRUCTURE[i]
         for value in dim.values(ctx, partial):
             partial[dim.name] = value
-            failed = next((p for p in by_last_read.get(dim.name, ()) if not p.ok(ctx, partial)), None)
+            failed = next((p for p in by_last_read.get(dim.name, ()) if not ok(p, partial)), None)
             if failed is None:
                 yield from walk(i + 1, partial)
             elif pruned is not None:
