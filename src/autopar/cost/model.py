@@ -123,6 +123,7 @@ class CostModel:
         self._tables: dict[tuple, LayerTable] = {}
         self._base_costs: dict[tuple, tuple] = {}  # (layer, b, tp, sp, rate, ep, tp placement) -> layer_base_costs()
         self._layouts: dict[tuple, Optional[tuple[int, ...]]] = {}
+        self._block_runs: dict[int, list[tuple[float, int]]] = {}  # id(table) -> its block units' times as runs
         self._ranks: dict[tuple, RankSet] = {}
         self._held: dict[tuple, list[RankBytes]] = {}
         self._state_per_param: dict[tuple[int, int, bool], float] = {}  # (ZeRO stage, shard group, accumulating) -> bytes
@@ -498,7 +499,9 @@ class CostModel:
             return s.stages
         first = (id(table), chunks)
         if first not in self._layouts:
-            runs = pipeline_cost.block_runs(table.times, self.profile.cuts)
+            runs = self._block_runs.get(id(table))  # one table is laid out at many chunk counts
+            if runs is None:
+                runs = self._block_runs[id(table)] = pipeline_cost.block_runs(table.times, self.profile.cuts)
             ref = max(t for t, _ in runs) or 1.0
             # a pure function of the rounded shape, so every table of that shape gets one layout
             # whichever is priced first (the search and a brute force agree to the bit)
