@@ -294,3 +294,24 @@ def test_a_plan_for_shared_cores_says_when_the_machine_is_busy():
     assert "busy" in busy_cores_note(local, load=64.0)
     assert busy_cores_note(local, load=0.0) == ""
     assert busy_cores_note(parse_cluster({"preset": "dgx-a100-80gb", "nodes": 1}), load=64.0) == ""
+
+
+@pytest.mark.parametrize("model,batch,training,cluster", [
+    ({"family": "gpt", "layers": 32, "hidden": 3200, "heads": 25, "seq_len": 1024, "vocab": 50257}, 64,
+     {"precision": "fp32", "optimizer": "adam"},
+     {"preset": "v100-pcie-node", "device": {"name": "v100-16gb", "memory_GB": 16, "peak_tflops": {"fp32": 15.7, "fp16": 125},
+                                              "memory_bandwidth_GBps": 900}, "nodes": 1}),
+    ({"family": "llama", "layers": 32, "hidden": 4096, "heads": 32, "seq_len": 4096, "vocab": 32000}, 128,
+     {"optimizer": "adam", "precision": "bf16"}, {"preset": "dgx-a100-80gb", "nodes": 4}),
+])
+def test_a_family_nothing_of_which_fits_says_what_it_needs_at_its_leanest(model, batch, training, cluster):
+    """The search checks memory lazily (structures and nodes when the heap reaches them):
+    a family none of whose settings fits must still be explained by its leanest need, not
+    by 'pruned' (both cases said 'pruned: cannot beat the plans found' for single device or
+    pipeline parallel when nodes skipped their memory notes)."""
+    recipe = parse_recipe({"model": model, "data": {"samples": 10**6}, "training": {"global_batch": batch, **training}})
+    result = plan(recipe, parse_cluster(cluster))
+    reasons = {r.family: r for r in result.rejected}
+    single = reasons["single device"]
+    assert "even at its leanest" in single.reason and single.strategy.microbatch_size(batch) == 1, single.reason
+    assert not any("cannot beat" in r.reason for r in result.rejected if r.family in ("single device", "pipeline parallel"))

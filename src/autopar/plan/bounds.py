@@ -176,15 +176,17 @@ class NodeFloors:
         """m T / pp: the compute of the samples a rank must process, nothing else."""
         return self.m * self._totals(sp, Recompute.NONE).compute_s / self.pp
 
-    def any_pipe_s(self, sp: bool, pairs: Sequence[tuple[Schedule, int]] = ()) -> float:
-        """Floor of pipe_s over every schedule and chunk count in `pairs`: m max(T / pp, U) plus,
-        over the other pp - 1 ranks (1F1B, GPipe) or chunks (interleaved), at least a unit each
-        (zero bubble: kappa of one; ZB-V: nothing)."""
-        t = self._totals(sp, Recompute.NONE)
+    def any_pipe_s(self, sp: bool, pairs: Sequence[tuple[Schedule, int]] = (), rc: Recompute = Recompute.NONE) -> float:
+        """Floor of pipe_s over every schedule and chunk count in `pairs` at one recompute mode
+        (none: a floor for every mode): m max(T / pp, U) plus, over the other pp - 1 ranks
+        (1F1B, GPipe) or chunks (interleaved), at least a unit each (zero bubble: kappa of
+        one; ZB-V: nothing)."""
+        t = self._totals(sp, rc)
+        T = t.compute_s + t.recompute_s
         if self.pp == 1:
-            return self.m * t.compute_s
+            return self.m * T
         bubble = 0.0 if any(sched.v_shaped for sched, _ in pairs) else t.kappa * (self.pp - 1) * t.unit_min_s
-        return self.m * max(t.compute_s / self.pp, t.unit_max_s) + bubble
+        return self.m * max(T / self.pp, t.unit_max_s) + bubble
 
     def rest_s(self, sp: bool, rc: Recompute, zero: Sharding) -> float:
         """Floor of synchronisation + offload copies + optimizer step for one (sp, recompute, sharding)."""

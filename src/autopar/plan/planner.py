@@ -200,6 +200,7 @@ class _Node:
     b: int
     f: NodeFloors
     knobs: tuple  # (schedule pairs, sequence parallel values, recompute modes, ZeRO stages, periods)
+    fitting: bool = False  # floors are _fitting_floors (memory checked): split when the heap reaches them
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,30 @@ def _nodes(search: _Search, st: _Structure) -> list[_Node]:
         floors = _family_floors(search, f, c, min(f.any_pipe_s(sp, pairs) for sp in sps), rests)
         out.append(_Node(floors, c, b, f, (pairs, sps, rcs, zeros, periods)))
     return out
+
+
+def _fitting_floors(search: _Search, n: _Node) -> Floors:
+    """A node's floors over the (sp, recompute, sharding) settings whose memory floor fits at
+    some schedule, each at its recompute mode's pipeline floor and the sharding's optimizer
+    step (empty: nothing fits). Tighter than the node's pushed floor, which takes no
+    recompute for every setting, and it needs no synchronisation priced."""
+    f, c = n.f, n.c
+    pairs, sps, rcs, zeros, _ = n.knobs
+    kinds = {sched for sched, _ in pairs}  # memory depends on the schedule, not the chunk count
+    per_s = _score_floor(search, f, 1.0)
+    least: dict[str, float] = {}
+    for sp in sps:
+        for rc in rcs:
+            fit = [z for z in zeros if min(f.bytes(sp, sched, rc, z) for sched in kinds) <= f.capacity_bytes]
+            if fit:
+                pipe = f.any_pipe_s(sp, pairs, rc)
+                for z in fit:
+                    fam = search.family(c, z)
+                    least[fam] = min(pipe + f.optimizer_s(sp, rc, z), least.get(fam, float("inf")))
+    unfit = {search.family(c, z) for z in zeros} - least.keys()
+    if unfit and least:  # families nothing of which fits here are explained by what they need
+        _note_leanest(search, n, unfit)
+    return tuple((fam, t * per_s) for fam, t in least.items())
 
 
 @dataclass(frozen=True)
@@ -413,13 +438,16 @@ def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Rec
                     sync_every=period, subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1), cp=c.get("cp", 1))
 
 
-def _note_leanest(search: _Search, n: _Node) -> None:
-    """A node the memory floor removed: its least-memory setting per ZeRO stage (each stage may
-    be another family: DDP, ZeRO-1/2, ZeRO-3)."""
+def _note_leanest(search: _Search, n: _Node, families: Optional[set[str]] = None) -> None:
+    """A node the memory floor removed (or, with `families`, removed for those families): its
+    least-memory setting per ZeRO stage (each stage may be another family: DDP, ZeRO-1/2,
+    ZeRO-3)."""
     c, f = n.c, n.f
     pairs, sps, rcs, zeros, periods = n.knobs
     sched, v = min(pairs, key=lambda p: (p[0] is Schedule.GPIPE, p[1]))
     for zero in zeros:
+        if families is not None and search.family(c, zero) not in families:
+            continue
         sp, rc = min(((sp, rc) for sp in sps for rc in rcs), key=lambda k: f.bytes(k[0], sched, k[1], zero))
         search.note_lean(search.family(c, zero), f.bytes(sp, sched, rc, zero),
                          partial(_setting, c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]))
@@ -473,14 +501,16 @@ def _run(search: _Search) -> None:
             if _fits_somewhere(search, item):
                 for n in _nodes(search, item):
                     _push(search, n)
-        else:
-            pairs, sps, rcs, zeros, _ = item.knobs
-            if min(item.f.least_bytes(sps, sched, rcs, zeros) for sched in {p[0] for p in pairs}) > item.f.capacity_bytes:
+        elif item.fitting:
+            for group in _groups(search, item):
+                _push(search, group)
+        else:  # back on the heap at its tighter floors: split when they are the least
+            floors = _fitting_floors(search, item)
+            if not floors:
                 _count(search, "memory floor")
                 _note_leanest(search, item)
                 continue
-            for group in _groups(search, item):
-                _push(search, group)
+            _push(search, replace(item, floors=floors, fitting=True))
 
 
 def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Strategy | dict] = None,
