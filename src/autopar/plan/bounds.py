@@ -39,15 +39,19 @@ P the parameters of one tp rank over all layers, s_z the device state bytes per
 parameter of sharding z (ZeRO stage, HSDP shard group; 0 with offload), A_rc every layer's saved activations of one micro-batch under recompute
 mode rc, B_z the buffers every rank holds under z (DDP buckets, ZeRO-3's gathered
 layers: cost/model.py shared_buffer_bytes), f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
-that, GPipe m), f_min the fewest.
+that, GPipe m), f_min the fewest. P and A_rc come from the layer table at one sample
+(every byte term is b times its value there; A_rc is taken 1e-12 lower so the product's
+rounding never lifts it above the table at b), so a memory floor needs no table at b.
 
 Where the cost model's layout is fixed (chunks > 1 or no pipeline: it never cuts those
 again under a memory cap), excess_bytes() reads the exact memory instead, from the
-ranks' holdings alone (cost/model.py held), before a setting is priced.
+ranks' holdings alone (cost/model.py held), before a setting is priced: the first rank
+first (most micro-batches in flight), then every rank.
 
 Every floor is a lower bound of the same cost model with no tolerance in
-it, so a node whose floor is above the plans kept cannot hold one of them: pruning by
-floors returns the model's optimum over the whole space (tests/test_planner_oracle.py).
+it beyond that 1e-12, so a node whose floor is above the plans kept cannot hold one of
+them: pruning by floors returns the model's optimum over the whole space
+(tests/test_planner_oracle.py).
 """
 
 from __future__ import annotations
