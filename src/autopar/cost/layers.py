@@ -111,6 +111,7 @@ class LayerTable:
         self.prefix = _Prefixes(self.costs)
         self._totals: dict[str, float] = {}
         self._unit_range: Optional[tuple] = None  # (units, slowest, fastest)
+        self._unit_least: dict[str, tuple] = {}  # field -> (units, least over them)
 
     @cached_property
     def times(self) -> list[float]:
@@ -134,6 +135,15 @@ class LayerTable:
             times = [self.range_time(a, e) for a, e in units]
             self._unit_range = (units, max(times), min(times))
         return self._unit_range[1], self._unit_range[2]
+
+    def unit_least(self, field: str, units: Sequence[tuple[int, int]]) -> float:
+        """Least sum of `field` over the layer ranges `units` (one tuple per profile, as in
+        unit_time_range: the last is kept)."""
+        found = self._unit_least.get(field)
+        if found is None or found[0] is not units:
+            p = self.prefix[field]
+            found = self._unit_least[field] = (units, min(p[e] - p[a] for a, e in units))
+        return found[1]
 
     def total_time_s(self) -> float:
         return sum(t * n for t, n in self.runs)

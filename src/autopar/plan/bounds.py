@@ -33,13 +33,17 @@ least the smallest boundary tensor's send. Then
 Memory: the peak rank holds at least any weighted average over ranks of its states and
 activations in flight; uniform weights and weights 1 / f_r give
 
-    bytes >= max((P s_z + A_rc f_min) / pp,  A_rc / sum_r (1 / f_r)) + B_z + reserve,
+    bytes >= max((P s_z + A_rc f_min) / pp,  A_rc / sum_r (1 / f_r),  v (p s_z + a_rc f_0)) + B_z + reserve,
 
 P the parameters of one tp rank over all layers, s_z the device state bytes per
 parameter of sharding z (ZeRO stage, HSDP shard group; 0 with offload), A_rc every layer's saved activations of one micro-batch under recompute
 mode rc, B_z the buffers every rank holds under z (DDP buckets, ZeRO-3's gathered
 layers: cost/model.py shared_buffer_bytes), f_r the micro-batches rank r holds (1F1B: min(pp - r, m), interleaved at least
-that, GPipe m), f_min the fewest. P and A_rc come from the layer table at one sample
+that, GPipe m), f_min the fewest. The third term is the first rank alone: it holds v
+chunks of at least one block unit each (pp v <= blocks: techniques/pipeline/rules.py),
+each unit at least the least parameters p and activations a_rc of any unit, and f_0
+micro-batches in flight (interleaved: pp (1 + (pp - 1) / (pp v))); v f_0 grows with v, so
+the value at a schedule's fewest chunks is a floor for all of them. P and A_rc come from the layer table at one sample
 (every byte term is b times its value there; A_rc is taken 1e-12 lower so the product's
 rounding never lifts it above the table at b), so a memory floor needs no table at b.
 
@@ -106,7 +110,8 @@ class NodeFloors:
         self._optimizer: dict[Sharding, float] = {}
         self._shardings: dict[Sharding, tuple[Strategy, Topology]] = {}
         self._state_bytes: dict[tuple[Sharding, bool], tuple[float, float]] = {}
-        self._flight: dict[Schedule, tuple[float, float]] = {}
+        self._flight: dict[tuple[Schedule, int], tuple] = {}
+        self._terms: dict[tuple[bool, Recompute], tuple[float, float, float, float]] = {}
         self._unit: dict[tuple[bool, Recompute], LayerTable] = {}
         self._bytes: dict[tuple, float] = {}
 
@@ -227,23 +232,52 @@ class NodeFloors:
             self._sync[key] = self.model.rank_sync_s(s, average, self.m, topo, last_bucket_waits=False) + offload
         return self._sync[key]
 
-    def bytes(self, sp: bool, schedule: Schedule, rc: Recompute, zero: Sharding) -> float:
-        """Memory floor of the peak rank for one setting: the larger of the average rank
-        (states + activations, f_min micro-batches each) and the activations alone weighted by
-        1 / flights (max_r x_r >= sum_r w_r x_r for weights w_r >= 0 summing to one; with
-        w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the layout)."""
-        key = (sp, schedule, rc, zero)
+    def bytes(self, sp: bool, schedule: Schedule, rc: Recompute, zero: Sharding, v: int = 1) -> float:
+        """Memory floor of the peak rank for one setting with v chunks per rank: the largest of
+        the average rank (states + activations, f_min micro-batches each), the activations
+        alone weighted by 1 / flights (max_r x_r >= sum_r w_r x_r for weights w_r >= 0
+        summing to one; with w_r ~ 1 / f_r the sum is A / sum_r (1 / f_r), whatever the
+        layout), and the first rank's v chunks of at least one block unit each, at its
+        flights f_0 (the most of any rank). A floor for every v' >= v of the schedule."""
+        key = (sp, schedule, rc, zero, v)
         found = self._bytes.get(key)
         if found is None:
-            unit = self._per_sample(sp, rc)
-            params, acts = unit.total("params"), self._activation_bytes(sp, rc)
-            per_param, shared = self._states(zero, unit.max_params)
-            f_min, inverse_sum = self._flights(schedule)
-            average = (params * per_param + acts * f_min) / self.pp
-            found = self._bytes[key] = max(average, acts / inverse_sum) + shared + self.model.reserve_bytes
+            found = self._bytes[key] = self._floor_bytes(self._memory_terms(sp, rc), self._states(zero),
+                                                         self._flights(schedule, v))
         return found
 
-    def _states(self, zero: Sharding, max_layer_params: float, any_microbatch: bool = False) -> tuple[float, float]:
+    def fitting(self, sp: bool, rc: Recompute, pairs: Sequence[tuple[Schedule, int]], zeros: Sequence[Sharding]) -> list[Sharding]:
+        """The shardings of `zeros` whose bytes() fits at one (schedule, chunks) of `pairs` at
+        least: bytes() over the product, its terms read once."""
+        terms, cap, floor = self._memory_terms(sp, rc), self.capacity_bytes, self._floor_bytes
+        flights = [self._flights(sched, v) for sched, v in pairs]
+        return [z for z in zeros for states in (self._states(z),) if any(floor(terms, states, fl) <= cap for fl in flights)]
+
+    def _floor_bytes(self, terms: tuple[float, float, float, float], states: tuple[float, float],
+                     flights: tuple[float, float, float]) -> float:
+        """max((P s_z + A f_min) / pp, A / sum_r (1 / f_r), v (p s_z + a f_0)) + B_z + reserve."""
+        params, acts, unit_params, unit_acts = terms
+        per_param, shared = states
+        f_min, inverse_sum, v_first = flights
+        return max((params * per_param + acts * f_min) / self.pp, acts / inverse_sum,
+                   unit_params * per_param * v_first[0] + unit_acts * v_first[1]) + shared + self.model.reserve_bytes
+
+    def _memory_terms(self, sp: bool, rc: Recompute) -> tuple[float, float, float, float]:
+        """(P, A_rc, p, a_rc): every layer's parameters and saved activations of one micro-batch,
+        and the least of any block unit (0 without a pipeline)."""
+        key = (sp, rc)
+        found = self._terms.get(key)
+        if found is None:
+            unit = self._per_sample(sp, rc)
+            unit_params = unit_acts = 0.0
+            if self.pp > 1 and self.model.profile.cuts:
+                units = pipeline_cost.unit_bounds(self.model.profile.cuts, len(unit.costs))
+                unit_params = unit.unit_least("params", units)
+                unit_acts = self.b * unit.unit_least("activation_bytes", units) * (1 - 1e-12)
+            found = self._terms[key] = (unit.total("params"), self._activation_bytes(sp, rc), unit_params, unit_acts)
+        return found
+
+    def _states(self, zero: Sharding, any_microbatch: bool = False) -> tuple[float, float]:
         """(device state bytes per parameter, buffers every rank holds) of one sharding; the
         buffers' largest layer is the same for every sp and recompute mode. `any_microbatch`:
         the least over micro-batch sizes, i.e. without accumulation (ZeRO-2 accumulating keeps
@@ -254,6 +288,7 @@ class NodeFloors:
             s = self._sharded(zero)[0]
             if any_microbatch:
                 s = s.evolve(microbatch=None)
+            max_layer_params = self._per_sample(False, Recompute.NONE).max_params
             found = self._state_bytes[key] = (self.model.state_bytes_per_param(s), self.model.shared_buffer_bytes(s, max_layer_params))
         return found
 
@@ -261,7 +296,7 @@ class NodeFloors:
         """How far one setting's memory floor exceeds what the node has (> 0: it cannot fit):
         the device floor of bytes(); with chunks > 1 or no pipeline, whose layout the cost
         model never cuts again under a memory cap, the exact device and host bytes."""
-        floor = self.bytes(sp, schedule, rc, zero) - self.capacity_bytes
+        floor = self.bytes(sp, schedule, rc, zero, v) - self.capacity_bytes
         if floor > 0 or (self.pp > 1 and v == 1):
             return floor
         s = self.base.evolve(sequence_parallel=sp, recompute=rc, schedule=schedule, virtual_stages=v, **zero.fields())
@@ -277,14 +312,18 @@ class NodeFloors:
                 return over
         return over
 
-    def _flights(self, schedule: Schedule, v: int = 2) -> tuple[float, float]:
-        """(fewest micro-batches a rank holds, sum over ranks of 1 / micro-batches held); the
-        interleaved first rank's extra share is taken at its least (v -> infinity: none)."""
-        if schedule not in self._flight:
+    def _flights(self, schedule: Schedule, v: int = 1) -> tuple[float, float, tuple[float, float]]:
+        """(fewest micro-batches a rank holds, sum over ranks of 1 / micro-batches held,
+        (v, v f_0)): the interleaved ranks' extra share is taken at its least (none) in the
+        first two, the first rank's at v chunks in the third."""
+        key = (schedule, v)
+        found = self._flight.get(key)
+        if found is None:
             kind = Schedule.ONE_F_ONE_B if schedule is Schedule.INTERLEAVED else schedule  # ZB-V: its own (pp on every rank)
-            flights = [pipeline_cost.microbatches_in_flight(kind, r, self.pp, self.m, 1) for r in range(self.pp)]
-            self._flight[schedule] = (min(flights), sum(1 / f for f in flights))
-        return self._flight[schedule]
+            f_min, inverse_sum = pipeline_cost.flight_sums(kind, self.pp, self.m)
+            f_first = pipeline_cost.microbatches_in_flight(schedule, 0, self.pp, self.m, v)
+            found = self._flight[key] = (f_min, inverse_sum, (float(v), v * f_first) if self.pp > 1 else (0.0, 0.0))
+        return found
 
     def least_bytes(self, sps: Sequence[bool], schedule: Schedule, rcs: Sequence[Recompute], zeros: Sequence[Sharding],
                     any_microbatch: bool = False) -> float:
@@ -296,9 +335,8 @@ class NodeFloors:
         acts = self._least_acts.get(key)
         if acts is None:  # one sample's tables alone: no table at b is built for this
             acts = self._least_acts[key] = min(self._activation_bytes(sp, rc) for sp in sps for rc in rcs)
-        table = self._per_sample(sps[0], rcs[0])
-        params = table.total("params")
-        states = [self._states(z, table.max_params, any_microbatch) for z in zeros]
-        f_min, inverse_sum = self._flights(schedule)
+        params = self._per_sample(sps[0], rcs[0]).total("params")
+        states = [self._states(z, any_microbatch) for z in zeros]
+        f_min, inverse_sum, _ = self._flights(schedule)
         return min(max((params * spp + acts * f_min) / self.pp, acts / inverse_sum) + shared for spp, shared in states) \
             + self.model.reserve_bytes

@@ -281,12 +281,14 @@ def _fitting_floors(search: _Search, n: _Node) -> Floors:
     recompute for every setting, and it needs no synchronisation priced."""
     f, c = n.f, n.c
     pairs, sps, rcs, zeros, _ = n.knobs
-    kinds = {sched for sched, _ in pairs}  # memory depends on the schedule, not the chunk count
+    kinds: dict[Schedule, int] = {}  # per schedule its fewest chunks: bytes() there is a floor for more
+    for sched, v in pairs:
+        kinds[sched] = min(v, kinds.get(sched, v))
     per_s = _score_floor(search, f, 1.0)
     least: dict[str, float] = {}
     for sp in sps:
         for rc in rcs:
-            fit = [z for z in zeros if min(f.bytes(sp, sched, rc, z) for sched in kinds) <= f.capacity_bytes]
+            fit = f.fitting(sp, rc, list(kinds.items()), zeros)
             if fit:
                 pipe = f.any_pipe_s(sp, pairs, rc)
                 for z in fit:
@@ -349,10 +351,13 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
             continue
         least_pipe = min(pipe for _, _, pipe in left)
         live = [z for z, fam, opt in optimizer if (least_pipe + opt) * per_s <= search.limit(fam)]
+        fewest: dict[Schedule, int] = {}  # per schedule its fewest chunks: bytes() there is a floor for more
+        for sched, v, _ in left:
+            fewest[sched] = min(v, fewest.get(sched, v))
         fitting: dict[Schedule, tuple] = {}
         for sched, v, pipe in left:
-            if sched not in fitting:  # memory does not depend on the chunk count
-                fitting[sched] = _fitting_rests(search, n, sp, sched, v, live)
+            if sched not in fitting:  # once per schedule (the leaves check their own chunk count)
+                fitting[sched] = _fitting_rests(search, n, sp, sched, fewest[sched], live)
             if not fitting[sched]:
                 _count(search, "memory floor")
                 continue
@@ -380,7 +385,7 @@ def _fitting_rests(search: _Search, n: _Node, sp: bool, sched: Schedule, v: int,
         least: dict[str, float] = {}
         for z in zeros:
             fam = search.family(c, z)
-            need = f.bytes(sp, sched, rc, z)
+            need = f.bytes(sp, sched, rc, z, v)
             if need > f.capacity_bytes:
                 search.note_lean(fam, need, partial(_setting, c, n.b, f.m, sched, v, sp, rc, z, n.knobs[4][-1]))
                 continue
@@ -405,7 +410,7 @@ def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
             if (pipe + optimizer) * per_s > limit or (floor := (pipe + f.rest_s(g.sp, rc, zero)) * per_s) > limit:
                 _count(search, "step-time floor")
                 continue
-            need = f.bytes(g.sp, g.sched, rc, zero)
+            need = f.bytes(g.sp, g.sched, rc, zero, g.v)
             if need > f.capacity_bytes:
                 _count(search, "memory floor")
                 search.note_lean(fam, need, partial(_setting, n.c, n.b, f.m, g.sched, g.v, g.sp, rc, zero, periods[-1]))
@@ -448,8 +453,8 @@ def _note_leanest(search: _Search, n: _Node, families: Optional[set[str]] = None
     for zero in zeros:
         if families is not None and search.family(c, zero) not in families:
             continue
-        sp, rc = min(((sp, rc) for sp in sps for rc in rcs), key=lambda k: f.bytes(k[0], sched, k[1], zero))
-        search.note_lean(search.family(c, zero), f.bytes(sp, sched, rc, zero),
+        sp, rc = min(((sp, rc) for sp in sps for rc in rcs), key=lambda k: f.bytes(k[0], sched, k[1], zero, v))
+        search.note_lean(search.family(c, zero), f.bytes(sp, sched, rc, zero, v),
                          partial(_setting, c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]))
 
 

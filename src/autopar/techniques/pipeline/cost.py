@@ -285,6 +285,20 @@ def microbatches_in_flight(schedule: Schedule, stage: int, pp: int, m: int, virt
     return base
 
 
+def flight_sums(schedule: Schedule, pp: int, m: int) -> tuple[float, float]:
+    """(min over ranks, sum over ranks of 1 /) microbatches_in_flight(schedule, r, pp, m, 1),
+    in closed form: 1F1B and zero bubble hold min(k, m) on the rank k stages from the end
+    (k = 1..pp), so the sum is H(min(pp, m)) + (pp - m) / m beyond m; the others hold the
+    same count on every rank."""
+    if pp <= 1:
+        return 1.0, 1.0
+    if schedule in (Schedule.GPIPE, Schedule.ZBV, Schedule.DUALPIPEV):
+        f = microbatches_in_flight(schedule, 0, pp, m, 1)
+        return f, pp / f
+    harmonic = sum(1 / k for k in range(min(pp, m), 0, -1))
+    return 1.0, harmonic + max(0, pp - m) / m
+
+
 @functools.lru_cache(maxsize=64)
 def unit_bounds(cuts: tuple[int, ...], n_layers: int) -> tuple[tuple[int, int], ...]:
     """Layers [a, e) of each block unit: a block and the layers after it until the next block;
