@@ -34,7 +34,7 @@ def strategies_for(recipe, cluster, top: int):
     profile = profile_recipe(recipe)
     result = plan(recipe, cluster, top_k=top, profile=profile)
     chosen = [(p.strategy, f"plan {p.rank}") for p in result.plans]
-    seen = {s.with_(stages=None) for s, _ in chosen}
+    seen = {s.evolve(stages=None) for s, _ in chosen}
     for s in baselines(cluster.devices, recipe.training.global_batch, profile.pipeline_blocks) + EXTRA:
         if s not in seen:
             chosen.append((s, "baseline"))

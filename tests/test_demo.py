@@ -12,3 +12,6 @@ def test_demo_plans_runs_and_compares():
     assert "== 1. plan" in out and "why plan 1:" in out and "why not the others:" in out
     assert "== 3. prediction vs measurement ==" in out
     assert "step time" in out and "memory per device" in out and "loss " in out
+    against = out.split("== 4. plan 1 against the baselines")[1]
+    assert "plan 1" in against and against.count("baseline") >= 2 and "failed" not in against, against
+    assert "plan 1 measured fastest" in against or "slower than" in against

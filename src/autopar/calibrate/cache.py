@@ -24,6 +24,9 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from autopar.calibrate.load import busy_cores, in_worker, whole_cores
+from autopar.errors import InputError
+
 Measure = Callable[[], dict]  # -> a cluster YAML mapping (autopar.calibrate.cluster.measure_cluster)
 
 
@@ -66,13 +69,21 @@ def this_machine(measure: Optional[Measure] = None) -> dict[str, Any]:
                 return data["cluster"]
         except (OSError, yaml.YAMLError):
             pass  # unreadable: measure again and replace it
+    if in_worker():  # every rank would measure at once, each the others' load
+        raise InputError("cluster.preset", "local", "this machine is not calibrated yet: run `autopar calibrate` "
+                         "or `autopar plan RECIPE` here first (it measures once), then launch")
     if measure is None:
         measure = _measure
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy = busy_cores()
+    if busy is not None and whole_cores(busy) > 0:
+        print(f"autopar: {busy:.1f} cores are busy with other processes: the measured speeds will be low "
+              f"(delete {path} and plan again when the machine is idle)", file=sys.stderr)
     cluster = measure()
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"machine": key, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "load_average_before": load, "cluster": cluster}
+              "load_average_before": load, "busy_cores_before": None if busy is None else round(busy, 2),
+              "cluster": cluster}
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(yaml.safe_dump(record, sort_keys=False))
     os.replace(tmp.name, path)

@@ -28,8 +28,18 @@ def fit_alpha_beta(sizes: Sequence[float], times: Sequence[float]) -> AlphaBeta:
     my = sum(wi * y for wi, y in zip(w, times)) / sw
     sxx = sum(wi * (x - mx) ** 2 for wi, x in zip(w, sizes))
     slope = sum(wi * (x - mx) * (y - my) for wi, x, y in zip(w, sizes, times)) / sxx if sxx else 0.0
-    slope = max(slope, 1e-15)
+    if slope <= 0:  # noise swamps the sizes (a small message measured slower than the largest)
+        return _unresolved(sizes, times)
     return AlphaBeta(max(0.0, my - slope * mx), slope)
+
+
+def _unresolved(sizes: Sequence[float], times: Sequence[float]) -> AlphaBeta:
+    """A fit when the times do not grow with the size: the largest message's time taken as
+    all transfer (the least bandwidth consistent with it), the rest of the fastest as latency."""
+    largest = max(range(len(sizes)), key=lambda i: sizes[i])
+    slope = max(times[largest], 1e-12) / sizes[largest]
+    fastest = min(range(len(sizes)), key=lambda i: times[i])
+    return AlphaBeta(max(0.0, times[fastest] - slope * sizes[fastest]), slope)
 
 
 def link_from_all_reduce(fit: AlphaBeta, ranks: int, eff: Efficiency = DEFAULT) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autopar.errors import InputError
-from autopar.spec.cluster import Cluster, parse_cluster
+from autopar.spec.cluster import LOCAL, Cluster, parse_cluster
 from autopar.spec.recipe import Recipe, load_recipe, load_yaml
 
 
@@ -33,9 +33,8 @@ def load_inputs(args) -> tuple[Recipe, Optional[Cluster]]:
 
 
 def require_cluster(cluster: Optional[Cluster]) -> Cluster:
-    if cluster is None:
-        raise InputError("cluster", None, "missing; add `cluster: {preset: dgx-a100-80gb, nodes: 1}` to the recipe or pass --cluster FILE")
-    return cluster
+    """The cluster given, else this machine (`local`: measured on first use, cached)."""
+    return cluster if cluster is not None else parse_cluster({"preset": LOCAL})
 
 
 def print_json(data: Any) -> None:

@@ -13,6 +13,7 @@ from autopar.errors import InputError
 from autopar.export import parse_format
 from autopar.plan.explain import why_not
 from autopar.plan.planner import Objective, parse_fix, plan
+from autopar.spec.cluster import LOCAL
 from autopar.spec.strategy import Strategy
 
 
@@ -74,9 +75,14 @@ def _why_not(s, result, recipe, cluster, objective, fix=None) -> str:
 
 
 def busy_cores_note(cluster, load: Optional[float] = None) -> str:
-    """On shared cores, say when this machine is busy now: the cost model assumes idle cores
-    (its calibration ran on idle ones), and other processes slow threads and processes alike."""
-    if not cluster.device.shared_memory or not hasattr(os, "getloadavg"):
+    """On shared cores, say when the machine is busy: `local` measured its busy cores now and
+    the predictions include them; other CPU clusters assume idle cores, so a load average at
+    the core count means measured steps will be slower than predicted."""
+    if cluster.busy_cores:
+        return (f"note: planned on a loaded machine: {cluster.busy_cores} of {cluster.devices_per_node} cores busy with other "
+                "processes; the predictions include it (threads and processes stepping together were measured under this "
+                "load): plan again when the load changes")
+    if not cluster.device.shared_memory or cluster.name == LOCAL or not hasattr(os, "getloadavg"):
         return ""
     load = os.getloadavg()[0] if load is None else load
     cores = os.cpu_count() or 1

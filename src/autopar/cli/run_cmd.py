@@ -22,7 +22,7 @@ from typing import Optional
 from autopar.cli.common import add_recipe_args, load_inputs, write_text_atomic
 from autopar.errors import InputError
 from autopar.plan.result import PlanResult, recipe_fingerprint
-from autopar.spec.cluster import Cluster, local_cluster, parse_cluster
+from autopar.spec.cluster import LOCAL, Cluster, local_cluster, parse_cluster
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
 
@@ -115,7 +115,7 @@ def strategy_from_plan(recipe: Recipe, cluster: Optional[Cluster], which: str, n
     """`--plan N`: the planner's N-th plan (1-based) for this recipe and cluster.
     `--plan FILE[:N]`: plan N (default 1) of a saved plan, made for this recipe."""
     if which.isdigit():
-        return _nth_plan_for_nodes(recipe, cluster or parse_cluster({"preset": "cpu-local", "nodes": nnodes}), int(which), nnodes)
+        return _nth_plan_for_nodes(recipe, cluster or parse_cluster({"preset": LOCAL, "nodes": nnodes}), int(which), nnodes)
     path, sep, index = which.rpartition(":")
     if not sep or not index.isdigit():
         path, index = which, ""

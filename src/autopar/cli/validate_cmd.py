@@ -36,7 +36,7 @@ def run(args) -> int:
     result = plan(recipe, cluster, top_k=args.top, profile=profile)
     chosen = [(p.strategy, f"plan {p.rank}") for p in result.plans]
     seen = {s for s, _ in chosen}
-    for s in baselines(cluster.devices, recipe.training.global_batch, len(profile.layers)):
+    for s in baselines(cluster.devices, recipe.training.global_batch, len(profile.layers), cluster.device.shared_memory):
         if s not in seen:
             chosen.append((s, "baseline"))
             seen.add(s)

@@ -42,7 +42,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--recipe", required=True)
     p.add_argument("--strategy", required=True)
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--cluster", help="cluster YAML for the prediction (default: the recipe's, else cpu-local shaped like the run)")
+    p.add_argument("--cluster", help="cluster YAML for the prediction (default: the recipe's, else this machine, local, shaped like the run)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="train entirely in this dtype (tests: float64)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", help="also write the JSON report to this file")
@@ -66,7 +66,7 @@ def torchrun_nodes() -> int:
 
 
 def cluster_for(recipe: Recipe, strategy: Strategy, path: Optional[str]) -> Cluster:
-    """The cluster to predict for: --cluster, else the recipe's, else cpu-local shaped like this run."""
+    """The cluster to predict for: --cluster, else the recipe's, else this machine (local) shaped like this run."""
     if path:
         return parse_cluster(load_yaml(path, "--cluster"))
     return local_cluster(recipe, strategy, torchrun_nodes())

@@ -25,6 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
 from autopar import techniques
+from autopar.calibrate.load import wait_policy_env
 from autopar.errors import InputError
 from autopar.profile.facts import ModelFacts
 from autopar.profile.profiler import profile_recipe
@@ -91,13 +92,15 @@ LAUNCHER_ENV = "AUTOPAR_LAUNCHER_PID"  # the process running torchrun's agent: w
 USER_PATH_ENV = "AUTOPAR_USER_PATH"  # the launch directory: workers append it to sys.path (autopar.cli.worker)
 
 
-def worker_env(strategy: Strategy) -> dict[str, str]:
+def worker_env(strategy: Strategy, here: bool = True) -> dict[str, str]:
     """Environment of every worker: its intra-op threads, and a safe module path. Python puts
     the current directory first on sys.path for `-m`, so a stray pydantic.py or torch.py
     there would run in every rank; PYTHONSAFEPATH drops it, and the worker appends the launch
-    directory last, so the recipe's own modules there still import but never shadow a package."""
+    directory last, so the recipe's own modules there still import but never shadow a package.
+    On busy cores intra-op threads sleep at barriers instead of spinning (calibrate/load.py):
+    `here`, a launch on this machine now (a printed command runs elsewhere, later)."""
     threads = 1 if strategy.is_async else strategy.threads
-    return {"OMP_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1", USER_PATH_ENV: os.getcwd()}
+    return {"OMP_NUM_THREADS": str(threads), **(wait_policy_env(threads) if here else {}), "PYTHONSAFEPATH": "1", USER_PATH_ENV: os.getcwd()}
 
 
 def torchrun_args(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> list[str]:
@@ -111,7 +114,7 @@ def torchrun_args(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> l
 
 
 def printable(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs) -> str:
-    env = " ".join(f"{k}={'.' if k == USER_PATH_ENV else v}" for k, v in worker_env(strategy).items())  # "." on every node
+    env = " ".join(f"{k}={'.' if k == USER_PATH_ENV else v}" for k, v in worker_env(strategy, here=False).items())  # "." on every node
     return f"{env} {shlex.join(['torchrun', *torchrun_args(strategy, rdzv, worker)])}"
 
 
@@ -119,7 +122,7 @@ def slurm_script(strategy: Strategy, rdzv: Rendezvous, worker: WorkerArgs, gpus:
     """An sbatch script for a multi-node run: one torchrun per node (srun), the c10d
     rendezvous on the allocation's first node, the job id as the rendezvous id."""
     nproc = processes_per_node(strategy, rdzv)
-    env = "\n".join(f"export {k}={shlex.quote(v if k != USER_PATH_ENV else '$SLURM_SUBMIT_DIR')}" for k, v in worker_env(strategy).items())
+    env = "\n".join(f"export {k}={shlex.quote(v if k != USER_PATH_ENV else '$SLURM_SUBMIT_DIR')}" for k, v in worker_env(strategy, here=False).items())
     env = env.replace("'$SLURM_SUBMIT_DIR'", '"$SLURM_SUBMIT_DIR"')
     torchrun = ["torchrun", "--nnodes", str(rdzv.nnodes), "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
                 "--rdzv-endpoint", '"$head:' + str(port) + '"', "--rdzv-id", '"$SLURM_JOB_ID"', "--max-restarts", "0",

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from autopar.calibrate.cache import this_machine
+from autopar.calibrate.load import under_current_load
 from autopar.errors import InputError, from_pydantic
 from autopar.spec.enums import Precision
 
@@ -70,6 +71,7 @@ class Cluster:
     node_memory_bandwidth_Bps: float = 0.0  # shared-memory nodes: bandwidth all devices of a node share
     host_link_Bps: float = 25 * GB  # host <-> one device (PCIe), one direction: inputs, offloaded states
     host_memory_bandwidth_Bps: float = 200 * GB  # the host memory of one node (offloaded optimizer steps)
+    busy_cores: int = 0  # `local`: cores other processes kept busy when planned (its efficiencies were measured under them)
 
     @property
     def node_bandwidth_Bps(self) -> float:
@@ -102,7 +104,7 @@ class DeviceSpec(_Spec):
     source: str = "user"
     shared_memory: bool = False
     op_overhead_us: Optional[PositiveFloat] = None
-    thread_efficiency: Optional[float] = None
+    thread_efficiency: Optional[Annotated[float, Field(gt=-1.0, le=1.0)]] = None  # < 0: k threads slower than one (busy cores)
     comm_overlap: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = None
     tp_module_overhead_us: Annotated[float, Field(ge=0.0)] = 0.0
     concurrency_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -178,12 +180,16 @@ LOCAL = "local"  # the preset naming this machine
 
 
 def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
-    """Build a Cluster from its YAML form: a preset (with overrides) or explicit fields."""
+    """Build a Cluster from its YAML form: a preset (with overrides), explicit fields, or a
+    preset's bare name (`cluster: local`)."""
+    if isinstance(raw, str):
+        raw = {"preset": raw}
     if not isinstance(raw, dict):
         raise InputError(field_path, raw, "expected a mapping, e.g. {preset: dgx-a100-80gb, nodes: 2}")
-    if raw.get("preset") == LOCAL:  # this machine, measured once (calibrate/cache.py); the recipe's keys override
-        measured = {k: v for k, v in this_machine().items() if k != "nodes"}
-        raw = {**measured, **{k: v for k, v in raw.items() if k != "preset"}}
+    local, busy = raw.get("preset") == LOCAL, 0
+    if local:  # this machine, measured once (calibrate/cache.py), its load now (load.py); the recipe's keys override
+        measured, busy = under_current_load(this_machine())
+        raw = {**{k: v for k, v in measured.items() if k != "nodes"}, **{k: v for k, v in raw.items() if k != "preset"}}
     try:
         spec = ClusterSpec.model_validate(raw)
     except ValidationError as err:
@@ -221,11 +227,12 @@ def parse_cluster(raw: Any, field_path: str = "cluster") -> Cluster:
         intra_node=_link(intra),
         inter_node=_link(inter),
         host_memory_bytes=host_gb * GB,
-        name=spec.preset or (dev.name if isinstance(device, str) else "custom"),
+        name=LOCAL if local else spec.preset or (dev.name if isinstance(device, str) else "custom"),
         source=spec.source or base.get("source", ""),
         node_memory_bandwidth_Bps=node_bw * GB,
         host_link_Bps=(spec.host_link_GBps or base.get("host_link_GBps") or 25.0) * GB,
         host_memory_bandwidth_Bps=(spec.host_memory_bandwidth_GBps or base.get("host_memory_bandwidth_GBps") or 200.0) * GB,
+        busy_cores=busy,
     )
 
 
@@ -268,7 +275,7 @@ def _link_dict(link: Link) -> dict[str, Any]:
 
 def local_cluster(recipe: Any, strategy: Any, nnodes: int = 1) -> Cluster:
     """What a run is predicted for when no cluster file is given: the recipe's cluster, else
-    the cpu-local preset shaped like the run (its nodes, the strategy's devices per node)."""
+    this machine (`local`) shaped like the run (its nodes, the strategy's devices per node)."""
     if recipe.cluster is not None:
         return parse_cluster(recipe.cluster)
-    return parse_cluster({"preset": "cpu-local", "nodes": nnodes, "devices_per_node": max(1, strategy.devices // nnodes)})
+    return parse_cluster({"preset": LOCAL, "nodes": nnodes, "devices_per_node": max(1, strategy.devices // nnodes)})

@@ -280,7 +280,7 @@ class Recipe(_Spec):
     model: ModelSpec
     data: DataSpec
     training: TrainingSpec
-    cluster: Optional[dict[str, Any]] = None  # validated by spec.cluster.load_cluster
+    cluster: Optional[Union[str, dict[str, Any]]] = None  # a mapping or a preset name: validated by spec.cluster.parse_cluster
 
     @model_validator(mode="before")
     @classmethod

@@ -38,9 +38,12 @@ class Row:
                 **({"error": self.error} if self.error else {})}
 
 
-def baselines(devices: int, global_batch: int, layers: int) -> list[Strategy]:
-    """Single process, DDP, FSDP, TP and PP on `devices` processes (those that divide the batch)."""
+def baselines(devices: int, global_batch: int, layers: int, shared_memory: bool = False) -> list[Strategy]:
+    """Single process, DDP, FSDP, TP and PP on `devices` processes (those that divide the batch),
+    and on shared-memory devices (CPU cores) one process of `devices` threads."""
     out = [Strategy()]
+    if devices > 1 and shared_memory:
+        out.append(Strategy(threads=devices))
     if devices > 1 and global_batch % devices == 0:
         out += [Strategy(dp=devices), Strategy(dp=devices, zero=3)]
     if devices > 1:
@@ -52,13 +55,14 @@ def baselines(devices: int, global_batch: int, layers: int) -> list[Strategy]:
 
 def measure(recipe_path: str, strategy: Strategy, steps: int, cluster_path: Optional[str] = None, timeout_s: float = 600) -> dict:
     """Run the strategy under torchrun in a fresh process; return the runtime's JSON report."""
-    from autopar.runtime.launch import Rendezvous, WorkerArgs, torchrun_args, worker_env
+    from autopar.runtime.launch import LAUNCHER_ENV, Rendezvous, WorkerArgs, torchrun_args, worker_env
 
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         worker = WorkerArgs(recipe_path, strategy, steps, cluster=cluster_path, json=True, report=str(report))
         cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(strategy, Rendezvous(), worker)]
-        env = {**os.environ, **worker_env(strategy)}
+        # the workers' launcher is the torchrun started here, not an in-process launch made before
+        env = {**{k: v for k, v in os.environ.items() if k != LAUNCHER_ENV}, **worker_env(strategy)}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0 or not report.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
