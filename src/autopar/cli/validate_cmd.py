@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from autopar.cli.common import add_recipe_args, load_inputs, print_json, require_cluster, write_text_atomic
+from autopar.cli.plan_cmd import busy_cores_note
 from autopar.cli.tables import nbytes, seconds, table
 from autopar.errors import InputError
 from autopar.plan.planner import plan
@@ -62,4 +63,7 @@ def run(args) -> int:
                   nbytes(r.predicted_memory_bytes), nbytes(r.measured_memory_bytes) if r.measured_memory_bytes else "-"] for r in rows],
                 "llrrrrr"))
     print(f"\nMAPE {sc.mape:.1%}   Spearman {sc.spearman:.2f}   regret of plan 1 {sc.regret:+.1%}")
+    busy = busy_cores_note(cluster)
+    if busy:
+        print(busy)
     return 0
