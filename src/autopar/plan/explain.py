@@ -233,8 +233,8 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
             out.append(Rejected(fam, None, f"not applicable: {family_problem[fam]}"))
             continue
         rep = _REPRESENTATIVE[fam]
+        pinned = ",".join(f"{k}={getattr(v, 'value', v)}" for k, v in (fixed or {}).items())
         if fixed and family_of(replace(rep, **fixed)) != fam:
-            pinned = ",".join(f"{k}={getattr(v, 'value', v)}" for k, v in fixed.items())
             out.append(Rejected(fam, None, f"not searched: --fix {pinned} leaves no strategy of this family"))
             continue
         problem = plan_problem(rep, facts, model.work.global_batch, model.work.precision, None)
@@ -250,7 +250,10 @@ def rejected(family_best: dict[str, Estimate], w: Estimate, model, cluster: Clus
                        f"{CP_MIN_TOKENS:,} tokens or more (sequences of {2 * CP_MIN_TOKENS:,}+ for cp=2)")
         if problem is None and rep.devices > cluster.devices:
             problem = f"needs {rep.devices} devices, the cluster has {cluster.devices}"
-        out.append(Rejected(fam, None, f"not applicable: {problem or 'pruned: cannot beat the plans found'}"))
+        if problem is None and fixed:  # every step-time, memory and rule pruning leaves its reason: the fix removed it
+            out.append(Rejected(fam, None, f"not searched: --fix {pinned} leaves no strategy of this family on this cluster"))
+            continue
+        out.append(Rejected(fam, None, f"not applicable: {problem or 'the search space has no strategy of this family here'}"))
     return tuple(out)
 
 

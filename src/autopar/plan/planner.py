@@ -75,6 +75,12 @@ class _Search:
     heap: list[tuple[float, int, Any]] = field(default_factory=list)  # least floor first: good plans early lower the thresholds
     ties: Any = field(default_factory=itertools.count)
 
+    def note_bound(self, fam: str, floor: float) -> None:
+        """A setting of `fam` the step-time floor removed: the least such floor is the family's
+        'even at peak speed it would need X per step' in why-not."""
+        if floor < self.family_bound.get(fam, float("inf")):
+            self.family_bound[fam] = floor
+
     def note_lean(self, fam: str, floor_bytes: float, setting: Callable[[], Strategy]) -> None:
         """Remember a setting (built only if kept) the memory floor removed: for a family with
         no other candidate it is priced at the end, so 'needs X GB per device even at its
@@ -104,6 +110,7 @@ class _Search:
         problem = plan_problem(s, self.ctx.facts, self.ctx.global_batch, self.ctx.precision, self.ctx.cluster)
         if problem is not None:
             self.pruned["invalid"] = self.pruned.get("invalid", 0) + 1
+            self.family_problem.setdefault(family_of(s), f"{s.to_text()}: {problem}")  # why-not, if nothing of it runs
             return None
         e = self.model.estimate(s, check=False)
         self.candidates += 1
@@ -184,6 +191,16 @@ def _beaten(search: _Search, floors: Floors) -> bool:
     """Every family's floor is above its limit: nothing under the item is kept."""
     limit = search.limit
     return all(floor > limit(fam) for fam, floor in floors)
+
+
+def _dropped(search: _Search, floors: Floors) -> bool:
+    """_beaten, and if so the families' floors noted as their bounds and the pruning counted."""
+    if not _beaten(search, floors):
+        return False
+    _count(search, "step-time floor")
+    for fam, floor in floors:
+        search.note_bound(fam, floor)
+    return True
 
 
 def _count(search: _Search, name: str, n: int = 1) -> None:
@@ -345,12 +362,11 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
         # for the (schedule, chunks) pairs it leaves, and for the shardings it leaves at the
         # least of their pipeline floors
         left = [(sched, v, pipe) for sched, v, pipe in pipes
-                if not _beaten(search, tuple((fam, (pipe + rest) * per_s) for fam, rest in least_optimizer))]
-        _count(search, "step-time floor", len(pipes) - len(left))
+                if not _dropped(search, tuple((fam, (pipe + rest) * per_s) for fam, rest in least_optimizer))]
         if not left:
             continue
         least_pipe = min(pipe for _, _, pipe in left)
-        live = [z for z, fam, opt in optimizer if (least_pipe + opt) * per_s <= search.limit(fam)]
+        live = [z for z, fam, opt in optimizer if not _dropped(search, ((fam, (least_pipe + opt) * per_s),))]
         fewest: dict[Schedule, int] = {}  # per schedule its fewest chunks: bytes() there is a floor for more
         for sched, v, _ in left:
             fewest[sched] = min(v, fewest.get(sched, v))
@@ -368,8 +384,7 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
                 for fam, rest in rests:
                     least[fam] = min(pipe_rc + rest, least.get(fam, float("inf")))
             floors = tuple((fam, t * per_s) for fam, t in least.items())
-            if _beaten(search, floors):
-                _count(search, "step-time floor")
+            if _dropped(search, floors):
                 continue
             out.append(_Group(floors, n, sp, sched, v))
     return out
@@ -407,8 +422,9 @@ def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
         for zero, fam, limit, optimizer in fams:
             # _beaten for one family, its limit read once per group; the optimizer alone
             # first, so synchronisation is priced only where it can decide
-            if (pipe + optimizer) * per_s > limit or (floor := (pipe + f.rest_s(g.sp, rc, zero)) * per_s) > limit:
+            if (floor := (pipe + optimizer) * per_s) > limit or (floor := (pipe + f.rest_s(g.sp, rc, zero)) * per_s) > limit:
                 _count(search, "step-time floor")
+                search.note_bound(fam, floor)
                 continue
             need = f.bytes(g.sp, g.sched, rc, zero, g.v)
             if need > f.capacity_bytes:
@@ -492,10 +508,7 @@ def _run(search: _Search) -> None:
     """Best-first: pop the least floor, skip it if beaten, else split it (or price a leaf)."""
     while search.heap:
         _, _, item = heapq.heappop(search.heap)
-        if _beaten(search, item.floors):
-            _count(search, "step-time floor")
-            for fam, floor in item.floors:
-                search.family_bound[fam] = min(floor, search.family_bound.get(fam, float("inf")))
+        if _dropped(search, item.floors):
             continue
         if isinstance(item, _Leaf):
             _price_leaf(search, item)
