@@ -226,6 +226,7 @@ def test_no_plan_is_listed_twice(model, batch, cluster, fix):
 @pytest.mark.parametrize("fix", [
     "schedule=gpipe", "microbatch=8", "virtual_stages=3", "tp=8,sequence_parallel=false",
     "dp=128,tp=8,microbatch=12",  # the whole per-replica batch: the neutral value
+    "tp=8,microbatch=none",  # the neutral value by name (a parse error before)
     "tp=4,pp=12,dp=8,microbatch=2,zero=1,recompute=full",  # BLOOM-176B's published layout (Le Scao et al. 2022)
     "tp=4,pp=12",
 ])
@@ -236,7 +237,9 @@ def test_fix_accepts_any_valid_value_and_keeps_it(fix):
     s = result.plans[0].estimate.strategy
     for item in fix.split(","):
         key, _, value = item.partition("=")
-        if key == "microbatch":
+        if key == "microbatch" and value == "none":
+            assert s.microbatch_size(1536) == s.local_batch(1536)
+        elif key == "microbatch":
             assert s.microbatch_size(1536) == int(value)
         else:
             assert Strategy.parse(item).to_dict()[key] == s.to_dict()[key], (key, s.to_text())

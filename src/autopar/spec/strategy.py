@@ -216,8 +216,8 @@ def _parse_value(key: str, value: Any, field_path: str) -> Any:
         if any(s <= 0 for s in stages):
             raise InputError(where, value, "every stage needs at least one layer")
         return stages
-    if value is None and key in ("microbatch", "dp_shard"):
-        return None
+    if key in ("microbatch", "dp_shard") and (value is None or str(value).lower() == "none"):
+        return None  # the neutral value: no micro-batching (the whole per-replica batch), no HSDP
     try:
         number = _ascii_int(value)
     except (TypeError, ValueError):
