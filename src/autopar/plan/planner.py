@@ -71,6 +71,7 @@ class _Search:
     seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
     lean: dict[str, tuple[float, Strategy]] = field(default_factory=dict)  # per family, the least memory floor the memory floor removed
     _families: dict[tuple, str] = field(default_factory=dict)
+    _by_structure: dict[tuple[int, Sharding], tuple[dict, str]] = field(default_factory=dict)
     _thresholds: dict[str, float] = field(default_factory=dict)
     heap: list[tuple[float, int, Any]] = field(default_factory=list)  # least floor first: good plans early lower the thresholds
     ties: Any = field(default_factory=itertools.count)
@@ -89,13 +90,18 @@ class _Search:
             self.lean[fam] = (floor_bytes, setting())
 
     def family(self, c: dict, zero: Sharding) -> str:
-        """The family of a structure's settings with one sharding (memoised: it reads only these)."""
-        key = (c["dp"], c["tp"], c["pp"], c["sync"], c["data_partition"], c["subnet"], c["threads"], c.get("ep", 1), c.get("cp", 1), zero)
-        if key not in self._families:
-            self._families[key] = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), sync=c["sync"],
-                                                     data_partition=c["data_partition"], subnet=c["subnet"], threads=c["threads"],
-                                                     ep=c.get("ep", 1), cp=c.get("cp", 1)))
-        return self._families[key]
+        """The family of a structure's settings with one sharding, memoised per structure (by
+        its dict's id, the dict kept in the memo so that the id is never reused) and by the
+        values it reads (structures that differ only in devices share one)."""
+        found = self._by_structure.get((id(c), zero))
+        if found is None:
+            key = (c["dp"], c["tp"], c["pp"], c["sync"], c["data_partition"], c["subnet"], c["threads"], c.get("ep", 1), c.get("cp", 1), zero)
+            if key not in self._families:
+                self._families[key] = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), sync=c["sync"],
+                                                         data_partition=c["data_partition"], subnet=c["subnet"], threads=c["threads"],
+                                                         ep=c.get("ep", 1), cp=c.get("cp", 1)))
+            found = self._by_structure[(id(c), zero)] = (c, self._families[key])
+        return found[1]
 
     def consider(self, s: Strategy) -> Optional[Estimate]:
         if not self.matches_fixed(s):
