@@ -13,9 +13,10 @@ from typing import Optional
 
 from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
-from autopar.plan.planner import _fixed, _pinned_devices, _pinned_schedules, _Search, _setting
+from autopar.plan.planner import _fixed, _pinned_devices, _pinned_schedules, _setting
 from autopar.plan.result import Objective, rank_key
 from autopar.plan.space import SearchContext, structures
+from autopar.plan.state import Search
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.recipe import Recipe
@@ -39,7 +40,7 @@ def brute_force(recipe: Recipe, cluster: Cluster, *, fix: Optional[dict] = None,
     ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
                         max_tp=2 * cluster.devices_per_node,
                         pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
-    search = _Search(model, ctx, objective, keep, fixed)
+    search = Search(model, ctx, objective, keep, fixed)
     fitting: list[Estimate] = []
     for c in structures(ctx):
         local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]

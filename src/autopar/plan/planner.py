@@ -25,11 +25,10 @@ No other pruning: tests/test_planner_oracle.py checks plan 1 against brute force
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from autopar.cost.estimate import Estimate
 from autopar.cost.model import CostModel
@@ -37,14 +36,14 @@ from autopar.errors import InputError
 from autopar.plan import explain
 from autopar.plan.bounds import NodeFloors
 from autopar.plan.families import family_of
-from autopar.plan.result import Objective, Plan, PlanResult, rank_key, recipe_fingerprint, score
+from autopar.plan.result import Objective, Plan, PlanResult, recipe_fingerprint
 from autopar.plan.space import SearchContext, structures
+from autopar.plan.state import Search
 from autopar.profile.types import ModelProfile
 from autopar.spec.cluster import Cluster
 from autopar.spec.enums import Recompute, Schedule
 from autopar.spec.recipe import Recipe
 from autopar.spec.strategy import Strategy
-from autopar.techniques import plan_problem
 from autopar.techniques.data.space import Sharding, pinned_shardings, shardings
 from autopar.techniques.local_sgd.space import sync_periods
 from autopar.techniques.microbatch.space import microbatches
@@ -54,120 +53,7 @@ from autopar.techniques.tensor.space import sequence_parallel
 from autopar.util import cyclic_gc_paused
 
 
-@dataclass
-class _Search:
-    model: CostModel
-    ctx: SearchContext
-    objective: Objective
-    top_k: int
-    fixed: dict[str, Any]
-    best: list[Estimate] = field(default_factory=list)
-    family_best: dict[str, Estimate] = field(default_factory=dict)
-    family_smallest: dict[str, Estimate] = field(default_factory=dict)
-    candidates: int = 0
-    pruned: dict[str, int] = field(default_factory=dict)
-    family_bound: dict[str, float] = field(default_factory=dict)  # least lower bound of pruned structures (score)
-    family_problem: dict[str, str] = field(default_factory=dict)  # why a family's structures cannot run at all
-    seen: dict[Strategy, Optional[Estimate]] = field(default_factory=dict)
-    lean: dict[str, tuple[float, Strategy]] = field(default_factory=dict)  # per family, the least memory floor the memory floor removed
-    _families: dict[tuple, str] = field(default_factory=dict)
-    _by_structure: dict[tuple[int, Sharding], tuple[dict, str]] = field(default_factory=dict)
-    _thresholds: dict[str, float] = field(default_factory=dict)
-    heap: list[tuple[float, int, Any]] = field(default_factory=list)  # least floor first: good plans early lower the thresholds
-    ties: Any = field(default_factory=itertools.count)
-
-    def note_bound(self, fam: str, floor: float) -> None:
-        """A setting of `fam` the step-time floor removed: the least such floor is the family's
-        'even at peak speed it would need X per step' in why-not."""
-        if floor < self.family_bound.get(fam, float("inf")):
-            self.family_bound[fam] = floor
-
-    def note_lean(self, fam: str, floor_bytes: float, setting: Callable[[], Strategy]) -> None:
-        """Remember a setting (built only if kept) the memory floor removed: for a family with
-        no other candidate it is priced at the end, so 'needs X GB per device even at its
-        leanest' has its numbers."""
-        if fam not in self.family_smallest and (fam not in self.lean or floor_bytes < self.lean[fam][0]):
-            self.lean[fam] = (floor_bytes, setting())
-
-    def family(self, c: dict, zero: Sharding) -> str:
-        """The family of a structure's settings with one sharding, memoised per structure (by
-        its dict's id, the dict kept in the memo so that the id is never reused) and by the
-        values it reads (structures that differ only in devices share one)."""
-        found = self._by_structure.get((id(c), zero))
-        if found is None:
-            key = (c["dp"], c["tp"], c["pp"], c["sync"], c["data_partition"], c["subnet"], c["threads"], c.get("ep", 1), c.get("cp", 1), zero)
-            if key not in self._families:
-                self._families[key] = family_of(Strategy(dp=c["dp"], tp=c["tp"], pp=c["pp"], **zero.fields(), sync=c["sync"],
-                                                         data_partition=c["data_partition"], subnet=c["subnet"], threads=c["threads"],
-                                                         ep=c.get("ep", 1), cp=c.get("cp", 1)))
-            found = self._by_structure[(id(c), zero)] = (c, self._families[key])
-        return found[1]
-
-    def consider(self, s: Strategy) -> Optional[Estimate]:
-        if not self.matches_fixed(s):
-            return None
-        if s in self.seen:  # the leanest-fit check and the knob loop may both price one strategy
-            return self.seen[s]
-        e = self._price(s)
-        self.seen[s] = e
-        return e
-
-    def _price(self, s: Strategy) -> Optional[Estimate]:
-        problem = plan_problem(s, self.ctx.facts, self.ctx.global_batch, self.ctx.precision, self.ctx.cluster)
-        if problem is not None:
-            self.pruned["invalid"] = self.pruned.get("invalid", 0) + 1
-            self.family_problem.setdefault(family_of(s), f"{s.to_text()}: {problem}")  # why-not, if nothing of it runs
-            return None
-        e = self.model.estimate(s, check=False)
-        self.candidates += 1
-        self._thresholds.clear()
-        fam = family_of(s)
-        key = rank_key(e, self.objective)
-        if fam not in self.family_best or key < rank_key(self.family_best[fam], self.objective):
-            self.family_best[fam] = e
-        if fam not in self.family_smallest or e.memory_per_device_bytes < self.family_smallest[fam].memory_per_device_bytes:
-            self.family_smallest[fam] = e
-        if e.fits:
-            self.best.append(e)
-            self.best.sort(key=lambda x: rank_key(x, self.objective))
-            del self.best[self.top_k * 4:]
-        return e
-
-    def matches_fixed(self, s: Strategy) -> bool:
-        """Whether `s` has every --fix value; a micro-batch equal to the per-replica batch
-        is the same strategy whether spelled microbatch=B or left out (None)."""
-        for k, v in self.fixed.items():
-            if k == "microbatch":
-                local = s.local_batch(self.ctx.global_batch)
-                if s.microbatch_size(self.ctx.global_batch) != (v if v is not None else local):
-                    return False
-            elif getattr(s, k) != v:
-                return False
-        return True
-
-    def pinned(self, key: str, values: Sequence) -> list:
-        """A search dimension's values, or only the --fix value of it (searched even where
-        the grid has no such value: a neutral one, gpipe, virtual_stages=3)."""
-        return [self.fixed[key]] if key in self.fixed else list(values)
-
-    def threshold(self, family: str) -> float:
-        """max(K-th best score, the family's best score)."""
-        kth = score(self.best[self.top_k - 1], self.objective) if len(self.best) >= self.top_k else float("inf")
-        fam = self.family_best.get(family)
-        fam_score = score(fam, self.objective) if fam is not None and fam.fits else float("inf")
-        return max(kth, fam_score)
-
-    def limit(self, fam: str) -> float:
-        """The floor above which a setting of `fam` can neither enter the ranking (the K-th
-        best) nor be the family's best (ties are kept: rank_key rounds to 1e-9); memoised
-        until the next pricing."""
-        found = self._thresholds.get(fam)
-        if found is None:
-            found = self._thresholds[fam] = self.threshold(fam) * (1 + 1e-12) + 1e-9
-        return found
-
-
-def _score_floor(search: _Search, f: NodeFloors, step_s: float) -> float:
+def _score_floor(search: Search, f: NodeFloors, step_s: float) -> float:
     """The objective's floor for a step-time floor (result.score's formula)."""
     if search.objective is Objective.THROUGHPUT:
         return step_s
@@ -178,7 +64,7 @@ def _score_floor(search: _Search, f: NodeFloors, step_s: float) -> float:
 Floors = tuple[tuple[str, float], ...]  # (family, objective floor of its settings under a search item)
 
 
-def _family_rests(search: _Search, c: dict, rests: Sequence[tuple[Sharding, float]]) -> tuple[tuple[str, float], ...]:
+def _family_rests(search: Search, c: dict, rests: Sequence[tuple[Sharding, float]]) -> tuple[tuple[str, float], ...]:
     """Per family of the shardings, the least rest (optimizer, synchronisation; s) among that
     family's shardings: a ZeRO-3 setting is bounded by ZeRO-3's rest, not DDP's."""
     least: dict[str, float] = {}
@@ -188,18 +74,18 @@ def _family_rests(search: _Search, c: dict, rests: Sequence[tuple[Sharding, floa
     return tuple(least.items())
 
 
-def _family_floors(search: _Search, f: NodeFloors, c: dict, base_s: float, rests: Sequence[tuple[Sharding, float]]) -> Floors:
+def _family_floors(search: Search, f: NodeFloors, c: dict, base_s: float, rests: Sequence[tuple[Sharding, float]]) -> Floors:
     """Per family, the objective floor of base_s plus the family's least rest."""
     return tuple((fam, _score_floor(search, f, base_s + rest)) for fam, rest in _family_rests(search, c, rests))
 
 
-def _beaten(search: _Search, floors: Floors) -> bool:
+def _beaten(search: Search, floors: Floors) -> bool:
     """Every family's floor is above its limit: nothing under the item is kept."""
     limit = search.limit
     return all(floor > limit(fam) for fam, floor in floors)
 
 
-def _dropped(search: _Search, floors: Floors) -> bool:
+def _dropped(search: Search, floors: Floors) -> bool:
     """_beaten, and if so the families' floors noted as their bounds and the pruning counted."""
     if not _beaten(search, floors):
         return False
@@ -209,7 +95,7 @@ def _dropped(search: _Search, floors: Floors) -> bool:
     return True
 
 
-def _count(search: _Search, name: str, n: int = 1) -> None:
+def _count(search: Search, name: str, n: int = 1) -> None:
     if n:
         search.pruned[name] = search.pruned.get(name, 0) + n
 
@@ -231,7 +117,7 @@ class _Structure:
     """A structure before its micro-batch sizes are split into nodes; its memory is checked
     when the heap reaches its floor. One beaten before that is never checked, and no family
     loses its 'needs X GB' by it: a family's limit is infinite until one of its settings is
-    priced and fits (_Search.threshold), so only families with a fitting plan are beaten."""
+    priced and fits (Search.threshold), so only families with a fitting plan are beaten."""
 
     floors: Floors
     c: dict
@@ -240,7 +126,7 @@ class _Structure:
     node_floors: dict[int, NodeFloors]  # those built for the structure's floor, reused by its nodes
 
 
-def _structure(search: _Search, c: dict) -> Optional[_Structure]:
+def _structure(search: Search, c: dict) -> Optional[_Structure]:
     """The structure with its floor: the pipeline's per-sample floor at the largest micro-batch
     (per-sample time never grows with the micro-batch in the cost model: weights, launches
     and latencies amortise, GEMMs get wider; tests/test_planner_oracle.py checks it), or
@@ -263,7 +149,7 @@ def _structure(search: _Search, c: dict) -> Optional[_Structure]:
     return _Structure(floors, c, tuple(sizes), (sps, rcs, zeros, periods), {sizes[0]: big})
 
 
-def _fits_somewhere(search: _Search, st: _Structure) -> bool:
+def _fits_somewhere(search: Search, st: _Structure) -> bool:
     """Whether the structure's least-memory setting at its smallest micro-batch can fit;
     where it cannot, its leanest settings are noted (the family's 'needs X GB')."""
     sps, rcs, zeros, periods = st.knobs
@@ -280,7 +166,7 @@ def _fits_somewhere(search: _Search, st: _Structure) -> bool:
     return False
 
 
-def _nodes(search: _Search, st: _Structure) -> list[_Node]:
+def _nodes(search: Search, st: _Structure) -> list[_Node]:
     ctx, out, c = search.ctx, [], st.c
     sps, rcs, zeros, periods = st.knobs
     local = ctx.global_batch if c["data_partition"].value == "features" else ctx.global_batch // c["dp"]
@@ -297,7 +183,7 @@ def _nodes(search: _Search, st: _Structure) -> list[_Node]:
     return out
 
 
-def _fitting_floors(search: _Search, n: _Node) -> Floors:
+def _fitting_floors(search: Search, n: _Node) -> Floors:
     """A node's floors over the (sp, recompute, sharding) settings whose memory floor fits at
     some schedule, each at its recompute mode's pipeline floor and the sharding's optimizer
     step (empty: nothing fits). Tighter than the node's pushed floor, which takes no
@@ -355,7 +241,7 @@ class _Leaf:
         return [_setting(n.c, n.b, n.f.m, g.sched, g.v, g.sp, self.rc, self.zero, period) for period in n.knobs[4]]
 
 
-def _groups(search: _Search, n: _Node) -> list[_Group]:
+def _groups(search: Search, n: _Node) -> list[_Group]:
     """A node's (sp, schedule, chunks) groups whose floors are not above the plans kept."""
     f, c, out = n.f, n.c, []
     pairs, sps, rcs, zeros, _ = n.knobs
@@ -396,7 +282,7 @@ def _groups(search: _Search, n: _Node) -> list[_Group]:
     return out
 
 
-def _fitting_rests(search: _Search, n: _Node, sp: bool, sched: Schedule, v: int, zeros: Sequence[Sharding]) -> tuple:
+def _fitting_rests(search: Search, n: _Node, sp: bool, sched: Schedule, v: int, zeros: Sequence[Sharding]) -> tuple:
     """((recompute, ((family, least rest), ...)), ...) over the (recompute, sharding) settings of
     one (sp, schedule) whose memory floor fits: a group's floor is the least of its leaves
     that may be priced (at 175B, no recompute seldom fits, so its pipeline time is not a
@@ -416,7 +302,7 @@ def _fitting_rests(search: _Search, n: _Node, sp: bool, sched: Schedule, v: int,
     return tuple(out)
 
 
-def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
+def _leaves(search: Search, g: _Group) -> list[_Leaf]:
     """A group's (recompute, sharding) settings the step-time and memory floors leave."""
     n, f, out = g.node, g.node.f, []
     _, sps, rcs, zeros, periods = n.knobs
@@ -441,12 +327,12 @@ def _leaves(search: _Search, g: _Group) -> list[_Leaf]:
     return out
 
 
-def _push(search: _Search, item: Any) -> None:
+def _push(search: Search, item: Any) -> None:
     """Push a search item (structure, node, group, leaf) keyed by its least family floor."""
     heapq.heappush(search.heap, (min(floor for _, floor in item.floors), next(search.ties), item))
 
 
-def _price_leaf(search: _Search, leaf: _Leaf) -> None:
+def _price_leaf(search: Search, leaf: _Leaf) -> None:
     """Price a setting the floors could not rule out, unless its exact memory (where the cost
     model's layout is fixed) does not fit."""
     g = leaf.group
@@ -465,7 +351,7 @@ def _setting(c: dict, b: int, m: int, sched: Schedule, v: int, sp: bool, rc: Rec
                     sync_every=period, subnet=c["subnet"], threads=c["threads"], ep=c.get("ep", 1), cp=c.get("cp", 1))
 
 
-def _note_leanest(search: _Search, n: _Node, families: Optional[set[str]] = None) -> None:
+def _note_leanest(search: Search, n: _Node, families: Optional[set[str]] = None) -> None:
     """A node the memory floor removed (or, with `families`, removed for those families): its
     least-memory setting per ZeRO stage (each stage may be another family: DDP, ZeRO-1/2,
     ZeRO-3)."""
@@ -480,7 +366,7 @@ def _note_leanest(search: _Search, n: _Node, families: Optional[set[str]] = None
                          partial(_setting, c, n.b, f.m, sched, v, sp, rc, zero, periods[-1]))
 
 
-def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, int]]:
+def _pinned_schedules(search: Search, c: dict, m: int) -> list[tuple[Schedule, int]]:
     """(schedule, virtual stages) pairs of the space, or those the --fix values pin."""
     pairs = schedules(search.ctx, c, m)
     if search.fixed.get("schedule") is Schedule.DUALPIPEV and c["pp"] > 1:  # dominated by ZB-V, so only when asked
@@ -493,7 +379,7 @@ def _pinned_schedules(search: _Search, c: dict, m: int) -> list[tuple[Schedule, 
     return pairs
 
 
-def _seed(search: _Search) -> None:
+def _seed(search: Search) -> None:
     """Push every structure the --fix values and a pipeline's micro-batch need leave."""
     ctx, fixed = search.ctx, search.fixed
     for c in structures(ctx, search.pruned):
@@ -510,7 +396,7 @@ def _seed(search: _Search) -> None:
             _push(search, found)
 
 
-def _run(search: _Search) -> None:
+def _run(search: Search) -> None:
     """Best-first: pop the least floor, skip it if beaten, else split it (or price a leaf)."""
     while search.heap:
         _, _, item = heapq.heappop(search.heap)
@@ -546,7 +432,7 @@ def plan(recipe: Recipe, cluster: Cluster, *, top_k: int = 5, fix: Optional[Stra
     fixed = _fixed(fix)
     ctx = SearchContext(model.profile, cluster, recipe.training.global_batch, recipe.training.precision,
                         max_tp=2 * cluster.devices_per_node, pinned_devices=_pinned_devices(fixed, cluster.devices, recipe.training.global_batch))
-    search = _Search(model, ctx, objective, top_k, fixed)
+    search = Search(model, ctx, objective, top_k, fixed)
     with cyclic_gc_paused():
         _seed(search)
         _run(search)
