@@ -166,13 +166,14 @@ def test_print_command_single_node(tmp_path, capsys, no_launch):
     assert "-m autopar.cli.worker --recipe" in out and "--strategy dp=2,tp=2,threads=2 --steps 5" in out
 
 
-def test_print_command_multi_node(tmp_path, capsys, no_launch):
+def test_print_command_multi_node(tmp_path, capsys, no_launch, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --nnodes 2 also writes autopar.sbatch here (it was written into the repository)
     path = _recipe(tmp_path, GPT)
     argv = ["run", path, "--strategy", "dp=2,tp=2", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "10.0.0.1:29500", "--rdzv-id", "job7", "--print-command"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     expected = "--nnodes 2 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 --rdzv-id job7 --nproc-per-node 2"
-    assert expected in out
+    assert expected in out and (tmp_path / "autopar.sbatch").exists()
 
 
 def test_run_with_no_strategy_runs_plan_1_and_plans_for_the_nodes_asked(tmp_path, capsys, no_launch, monkeypatch):
