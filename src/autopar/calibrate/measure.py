@@ -72,7 +72,7 @@ def copy_bandwidth(nbytes: int, threads: int, repeats: int = 5) -> float:
     return 2.0 * nbytes / t
 
 
-def mlp_step_s(width: int, depth: int, batch: int, threads: int, repeats: int = 5) -> float:
+def _mlp_step(width: int, depth: int, batch: int, threads: int, repeats: int = 5) -> float:
     """Seconds of one training step (forward, backward, SGD) of a Linear+ReLU stack."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -108,7 +108,7 @@ def _probe_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(128, 256, generator=gen), torch.randint(0, 10, (128,), generator=gen)
 
 
-def sgd_step(model: torch.nn.Module) -> Callable[[], None]:
+def _sgd_step(model: torch.nn.Module) -> Callable[[], None]:
     x, y = _probe_batch()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -122,7 +122,7 @@ def sgd_step(model: torch.nn.Module) -> Callable[[], None]:
 
 def probe_step_alone_s(repeats: int = 8) -> float:
     """The probe's training step in this process alone, one thread."""
-    step = sgd_step(probe_model())
+    step = _sgd_step(probe_model())
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -137,7 +137,7 @@ def op_overhead_s() -> float:
     depth, width = 16, 8
     prof = profile_model(MLPSpec(family="mlp", input_dim=width, widths=[width] * (depth - 1), classes=width), Precision.FP32)
     ops = sum(layer.stats.forward_ops + layer.stats.backward_ops for layer in prof.layers)
-    return mlp_step_s(width, depth, 8, 1, repeats=30) / ops
+    return _mlp_step(width, depth, 8, 1, repeats=30) / ops
 
 
 def thread_efficiency(threads: int) -> float:
@@ -147,8 +147,8 @@ def thread_efficiency(threads: int) -> float:
         return 1.0
     ones, manys = [], []
     for _ in range(4):
-        ones.append(mlp_step_s(512, 4, 512, 1, repeats=3))
-        manys.append(mlp_step_s(512, 4, 512, threads, repeats=3))
+        ones.append(_mlp_step(512, 4, 512, 1, repeats=3))
+        manys.append(_mlp_step(512, 4, 512, threads, repeats=3))
     return max(0.0, min(1.0, (min(ones) / min(manys) - 1) / (threads - 1)))
 
 
@@ -245,10 +245,10 @@ def _data_parallel_factors(repeats: int) -> dict:
     n = max(8, repeats * 2)
     plain = probe_model()
     numel = sum(p.numel() for p in plain.parameters())
-    t_plain = synced_median_s(sgd_step(plain), n)
-    t_ddp = synced_median_s(sgd_step(data_apply.apply_ddp(probe_model(), None, torch.device("cpu"))), n)
+    t_plain = synced_median_s(_sgd_step(plain), n)
+    t_ddp = synced_median_s(_sgd_step(data_apply.apply_ddp(probe_model(), None, torch.device("cpu"))), n)
     sharded = data_apply.apply_fsdp(probe_model(), init_device_mesh("cpu", (ranks,)), zero=3, mp_policy=None)
-    t_fsdp = synced_median_s(sgd_step(sharded), n)
+    t_fsdp = synced_median_s(_sgd_step(sharded), n)
     full, shard = torch.ones(numel // ranks * ranks), torch.ones(numel // ranks)
     t_ar = synced_median_s(lambda: dist.all_reduce(full), n)
     t_fsdp_raw = 2 * synced_median_s(lambda: _all_gather(full, shard), n) + synced_median_s(lambda: _reduce_scatter(shard, full), n)
